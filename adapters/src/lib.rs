@@ -1,0 +1,1 @@
+//! Field protocol adapters for Ironbridge. Modbus TCP and RTU land with the Modbus issue.

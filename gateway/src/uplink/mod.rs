@@ -1,0 +1,1 @@
+//! Kafka uplink: reads the buffer, routes events to Kafka records, commits after acks=all.

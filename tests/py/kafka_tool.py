@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Independent Kafka client (confluent-kafka / librdkafka) for the Ironbridge e2e tests.
+
+Run it with the venv made by tests/scripts/setup-python.sh:
+    /var/cache/ironbridge/venv/bin/python tests/py/kafka_tool.py SUBCOMMAND ...
+
+Subcommands
+  create-topic --bootstrap B --topic T [--partitions N]
+      Creates T (CreateTopics, replication factor 1). Prints {"created": T, "partitions": N}.
+      Exits 0 if the topic already exists with the requested partition count.
+  consume --bootstrap B --topic T [--expect N] [--timeout S]
+      Reads every partition of T from the beginning. Without --expect it stops when all partitions
+      reached their end; with --expect it stops after N records. Prints one JSON line per record:
+        {"topic", "partition", "offset", "timestamp", "timestamp_type",
+         "key": utf8 str | base64 str | null, "key_b64": bool,
+         "value": base64 str | null,
+         "headers": {name: utf8 str or base64 str},  "headers_b64": [names whose value is base64],
+         "headers_raw": [[name, base64 value or null], ...]   (exact, keeps order and duplicates)}
+      Exits 3 (after printing what it got) if fewer than N records arrived before the timeout.
+  produce --bootstrap B --topic T --count N --size S [--compression C] [--acks A] [--key K]
+          [--header NAME=VALUE]... [--partition P] [--linger-ms MS]
+      Produces N records whose value is the record index in decimal, zero-padded to 10 digits and then
+      padded with 'x' to S bytes. Prints {"count", "bytes", "elapsed_s", "records_per_s", "mb_per_s"}.
+      Exits 4 if any record failed.
+
+Errors go to stderr as text; the exit code is non-zero.
+"""
+
+import argparse
+import base64
+import json
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+def text_or_b64(data):
+    """Returns (str, is_base64)."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return b64(data), True
+
+
+def common_conf(args):
+    return {
+        "bootstrap.servers": args.bootstrap,
+        # Keep librdkafka on the addresses we give it; it only ever talks to 127.0.0.1 here.
+        "broker.address.family": "v4",
+        "log_level": 3,
+    }
+
+
+def cmd_create_topic(args):
+    admin = AdminClient(common_conf(args))
+    futures = admin.create_topics(
+        [NewTopic(args.topic, num_partitions=args.partitions, replication_factor=1)],
+        operation_timeout=args.timeout,
+        request_timeout=args.timeout,
+    )
+    try:
+        futures[args.topic].result(timeout=args.timeout)
+    except KafkaException as e:
+        err = e.args[0]
+        if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            print(f"create-topic {args.topic}: {err}", file=sys.stderr)
+            return 2
+        md = admin.list_topics(args.topic, timeout=args.timeout)
+        have = len(md.topics[args.topic].partitions)
+        if have != args.partitions:
+            print(f"create-topic {args.topic}: exists with {have} partitions, wanted {args.partitions}",
+                  file=sys.stderr)
+            return 2
+    print(json.dumps({"created": args.topic, "partitions": args.partitions}), flush=True)
+    return 0
+
+
+def record_json(msg):
+    ts_type, ts = msg.timestamp()
+    key = msg.key()
+    if key is None:
+        key_s, key_b64 = None, False
+    else:
+        key_s, key_b64 = text_or_b64(key)
+    headers, headers_b64, headers_raw = {}, [], []
+    for name, value in msg.headers() or []:
+        headers_raw.append([name, None if value is None else b64(value)])
+        if value is None:
+            headers[name] = None
+            continue
+        s, is_b64 = text_or_b64(value)
+        headers[name] = s
+        if is_b64:
+            headers_b64.append(name)
+    value = msg.value()
+    return {
+        "topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "timestamp": ts,
+        "timestamp_type": ts_type,
+        "key": key_s,
+        "key_b64": key_b64,
+        "value": None if value is None else b64(value),
+        "headers": headers,
+        "headers_b64": headers_b64,
+        "headers_raw": headers_raw,
+    }
+
+
+def cmd_consume(args):
+    conf = common_conf(args)
+    conf.update({
+        "group.id": f"ironbridge-e2e-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "check.crcs": True,
+    })
+    consumer = Consumer(conf)
+    deadline = time.monotonic() + args.timeout
+    try:
+        # Metadata first: the topic must exist and we need its partitions.
+        partitions = None
+        while partitions is None:
+            md = consumer.list_topics(args.topic, timeout=max(0.1, deadline - time.monotonic()))
+            t = md.topics.get(args.topic)
+            if t is not None and t.error is None and t.partitions:
+                partitions = sorted(t.partitions)
+            elif time.monotonic() >= deadline:
+                err = t.error if t is not None else "no metadata"
+                print(f"consume {args.topic}: topic not available: {err}", file=sys.stderr)
+                return 2
+            else:
+                time.sleep(0.1)
+        consumer.assign([TopicPartition(args.topic, p, -2) for p in partitions])  # -2 = beginning
+        got = 0
+        at_eof = set()
+        while True:
+            if args.expect is not None and got >= args.expect:
+                return 0
+            if args.expect is None and at_eof == set(partitions):
+                return 0
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if args.expect is not None:
+                    print(f"consume {args.topic}: timeout after {args.timeout}s with {got} of "
+                          f"{args.expect} records", file=sys.stderr)
+                    return 3
+                print(f"consume {args.topic}: timeout after {args.timeout}s before reaching the end "
+                      f"of partitions {sorted(set(partitions) - at_eof)}", file=sys.stderr)
+                return 3
+            msg = consumer.poll(min(remaining, 0.5))
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_eof.add(msg.partition())
+                    continue
+                if err.fatal() or not err.retriable():
+                    print(f"consume {args.topic}: {err}", file=sys.stderr)
+                    return 2
+                continue
+            at_eof.discard(msg.partition())
+            print(json.dumps(record_json(msg)), flush=True)
+            got += 1
+    finally:
+        consumer.close()
+
+
+def cmd_produce(args):
+    conf = common_conf(args)
+    conf.update({
+        "acks": args.acks,
+        "compression.type": args.compression,
+        "linger.ms": args.linger_ms,
+        "enable.idempotence": False,
+        "message.timeout.ms": int(args.timeout * 1000),
+    })
+    headers = []
+    for h in args.header:
+        name, sep, value = h.partition("=")
+        if not sep:
+            print(f"produce: --header must be NAME=VALUE, got {h!r}", file=sys.stderr)
+            return 2
+        headers.append((name, value.encode("utf-8")))
+    producer = Producer(conf)
+    failures = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            failures.append(str(err))
+
+    extra = {}
+    if args.partition is not None:
+        extra["partition"] = args.partition
+    if args.key is not None:
+        extra["key"] = args.key.encode("utf-8")
+    if headers:
+        extra["headers"] = headers
+    start = time.monotonic()
+    for i in range(args.count):
+        value = f"{i:010d}".encode("ascii")
+        if len(value) < args.size:
+            value += b"x" * (args.size - len(value))
+        while True:
+            try:
+                producer.produce(args.topic, value=value, on_delivery=on_delivery, **extra)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    left = producer.flush(args.timeout)
+    elapsed = time.monotonic() - start
+    if left:
+        failures.append(f"{left} records still in flight after {args.timeout}s")
+    total = args.count * max(args.size, 10)
+    print(json.dumps({
+        "count": args.count,
+        "bytes": total,
+        "elapsed_s": round(elapsed, 6),
+        "records_per_s": round(args.count / elapsed, 1) if elapsed > 0 else None,
+        "mb_per_s": round(total / elapsed / 1e6, 3) if elapsed > 0 else None,
+        "failed": len(failures),
+    }), flush=True)
+    if failures:
+        print(f"produce {args.topic}: {len(failures)} failures, first: {failures[0]}", file=sys.stderr)
+        return 4
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def base(name):
+        s = sub.add_parser(name)
+        s.add_argument("--bootstrap", required=True)
+        s.add_argument("--topic", required=True)
+        s.add_argument("--timeout", type=float, default=30.0)
+        return s
+
+    c = base("create-topic")
+    c.add_argument("--partitions", type=int, default=1)
+    c.set_defaults(func=cmd_create_topic)
+
+    c = base("consume")
+    c.add_argument("--expect", type=int)
+    c.set_defaults(func=cmd_consume)
+
+    c = base("produce")
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--size", type=int, required=True)
+    c.add_argument("--compression", default="none", choices=["none", "gzip", "snappy", "lz4", "zstd"])
+    c.add_argument("--acks", default="all")
+    c.add_argument("--key")
+    c.add_argument("--header", action="append", default=[])
+    c.add_argument("--partition", type=int)
+    c.add_argument("--linger-ms", type=int, default=5)
+    c.set_defaults(func=cmd_produce)
+
+    args = p.parse_args()
+    try:
+        return args.func(args)
+    except KafkaException as e:
+        print(f"{args.cmd}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
