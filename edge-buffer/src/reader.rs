@@ -97,13 +97,14 @@ impl Reader {
         }
     }
 
-    /// How far the current segment may be read, given what the writer has published.
+    /// How far the current segment may be read, given what the writer has published; `None`
+    /// when the segment has been deleted.
     fn limit(&self, v: &Visible) -> Result<Option<u64>, Error> {
         if self.segment_base < v.segment_base {
+            // Sealed: complete on disk, read to its end.
             let path = segment_path(&self.shared.dir, self.segment_base);
-            let len = std::fs::metadata(&path).map(|m| m.len());
-            match len {
-                Ok(len) => Ok(Some(len)),
+            match std::fs::metadata(&path) {
+                Ok(m) => Ok(Some(m.len())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(&path, e)),
             }
@@ -119,28 +120,14 @@ impl Reader {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredRecord>, Error> {
-        let mut out = Vec::new();
         let mut data = BytesMut::new();
         let mut spans: Vec<(u64, i64, usize, usize)> = Vec::new();
         let mut bytes = 0usize;
         while spans.len() < max_records && (bytes < max_bytes || spans.is_empty()) {
-            let v = *self.visible.borrow_and_update();
-            if self.next >= v.end {
-                break;
-            }
-            let Some(limit) = self.limit(&v)? else {
-                // The segment was deleted under us; find where to continue.
-                self.position()?;
-                continue;
-            };
-            let sealed = self.segment_base < v.segment_base;
             let Some(scanner) = self.scanner.as_mut() else {
                 self.position()?;
                 continue;
             };
-            if limit > scanner.limit() {
-                scanner.set_limit(limit);
-            }
             let path = || segment_path(&self.shared.dir, self.segment_base);
             match scanner.next_item().map_err(|e| Error::io(path(), e))? {
                 ScanItem::Record {
@@ -166,13 +153,21 @@ impl Reader {
                     self.shared.count_corrupt(1);
                     tracing::warn!(segment = %path().display(), position = at, "skipping unreadable rest of buffer segment");
                     // In the active segment the scanner now stands at the published end, a frame
-                    // boundary, and goes on from there as the writer appends.
-                    if sealed {
-                        self.next_segment()?;
-                    }
+                    // boundary, and goes on from there as the writer appends; a sealed segment
+                    // is left for the next one when the scan ends below.
                 }
                 ScanItem::End => {
-                    if sealed {
+                    // Only here is the writer's progress consulted, not once per record.
+                    let v = *self.visible.borrow_and_update();
+                    let Some(limit) = self.limit(&v)? else {
+                        // Deleted under us (dropped or retained away): find where to go on.
+                        self.position()?;
+                        continue;
+                    };
+                    let scanner = self.scanner.as_mut().ok_or(Error::Closed)?;
+                    if limit > scanner.limit() {
+                        scanner.set_limit(limit);
+                    } else if self.segment_base < v.segment_base {
                         self.next_segment()?;
                     } else {
                         break;
@@ -181,15 +176,14 @@ impl Reader {
             }
         }
         let data = data.freeze();
-        out.reserve(spans.len());
-        for (offset, timestamp_ms, start, len) in spans {
-            out.push(StoredRecord {
+        Ok(spans
+            .into_iter()
+            .map(|(offset, timestamp_ms, start, len)| StoredRecord {
                 offset,
                 timestamp_ms,
                 payload: data.slice(start..start + len),
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     fn next_segment(&mut self) -> Result<(), Error> {

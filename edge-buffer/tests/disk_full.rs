@@ -1,0 +1,85 @@
+//! A real full file system (a small tmpfs mounted for the test): appends fail with a typed
+//! error, nothing acknowledged is lost, and appends work again once space returns.
+//!
+//! Needs root (mount). Set `EDGE_BUFFER_SKIP_ENOSPC=1` to skip where mounting is impossible.
+
+mod common;
+
+use std::process::Command;
+
+use common::{payload_for, read_all, small};
+use edge_buffer::{Error, FsyncPolicy, Log, Record};
+
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn enospc_is_a_typed_recoverable_error() {
+    let holder = tempfile::tempdir().unwrap();
+    let mnt = holder.path().join("fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        if std::env::var("EDGE_BUFFER_SKIP_ENOSPC").is_ok() {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        panic!("mounting a tmpfs failed: run as root, or set EDGE_BUFFER_SKIP_ENOSPC=1");
+    }
+    let _guard = Tmpfs(mnt.clone());
+    // A filler file we can delete later to give the space back.
+    std::fs::write(mnt.join("filler"), vec![0u8; 64 << 10]).unwrap();
+    let dir = mnt.join("buffer");
+
+    let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
+    let mut acked = 0u64;
+    let err = loop {
+        match log
+            .append(&[Record::new(0, &payload_for(acked, 300))])
+            .and_then(|t| t.wait())
+        {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 100_000, "never ran out of space");
+    };
+    assert!(
+        matches!(err, Error::DiskFull { .. }),
+        "expected DiskFull, got {err}"
+    );
+    assert!(err.to_string().contains("full"));
+    assert!(log.stats().disk_full_errors >= 1 || log.stats().next_offset == acked);
+    // Still full: still a typed error, and the log is unchanged.
+    assert!(matches!(
+        log.append(&[Record::new(0, &payload_for(acked, 300))]),
+        Err(Error::DiskFull { .. })
+    ));
+    assert_eq!(log.stats().next_offset, acked);
+
+    // Space comes back: appends succeed again, offsets continue without a gap.
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let r = log
+        .append(&[Record::new(0, &payload_for(acked, 300))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(r, acked..acked + 1);
+    drop(log);
+
+    let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
+    let got = read_all(&log, 0);
+    assert_eq!(got.len() as u64, acked + 1);
+    for r in &got {
+        assert_eq!(&r.payload[..], &payload_for(r.offset, 300)[..]);
+    }
+    assert_eq!(log.stats().corrupt_records, 0);
+}
