@@ -4,7 +4,7 @@
 //! and commit how far they got. The log is built for small flash-backed machines:
 //!
 //! * **Durable**: records are framed with length and CRC32C in segment files named by base
-//!   offset ([FORMAT.md](https://example.invalid/FORMAT.md) in the crate). With
+//!   offset (see `FORMAT.md` in the crate). With
 //!   [`FsyncPolicy::Always`] an append is acknowledged only after the `fdatasync` that covers
 //!   it, and concurrent appends share one `fdatasync` (group commit).
 //! * **Recoverable**: opening scans only the tail segment; a torn tail is truncated, a bad

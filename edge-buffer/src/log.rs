@@ -92,7 +92,6 @@ pub(crate) struct Shared {
     /// Signalled when space is freed (retention or drops), for backpressured writers.
     space_freed: Notify,
     stop: AtomicBool,
-    _lock: File,
 }
 
 impl Shared {
@@ -120,6 +119,9 @@ impl Shared {
 pub struct Log {
     shared: Arc<Shared>,
     syncer: Option<JoinHandle<()>>,
+    /// Held by the `Log` itself, not by readers or tickets, so dropping the log frees the
+    /// directory for the next open.
+    _lock: File,
 }
 
 /// Offsets assigned to an appended batch; resolve it to learn when they are acknowledged.
@@ -414,7 +416,6 @@ impl Log {
             counters,
             space_freed: Notify::new(),
             stop: AtomicBool::new(false),
-            _lock: lock,
         });
         let syncer = match opts.fsync {
             FsyncPolicy::Never => None,
@@ -428,7 +429,11 @@ impl Log {
                 )
             }
         };
-        Ok(Log { shared, syncer })
+        Ok(Log {
+            shared,
+            syncer,
+            _lock: lock,
+        })
     }
 
     /// The directory this log lives in.
