@@ -142,6 +142,8 @@ pub struct Stats {
     pub full_rejections: u64,
     /// Appends that failed because the file system was full.
     pub disk_full_errors: u64,
+    /// Why the log refuses appends (a failed `fdatasync`); reopening is the cure.
+    pub failed: Option<String>,
 }
 
 impl Stats {

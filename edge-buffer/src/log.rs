@@ -752,6 +752,7 @@ impl Log {
             fsync_total_micros: ld(&c.fsync_total_us),
             full_rejections: ld(&c.full_rejections),
             disk_full_errors: ld(&c.disk_full_errors),
+            failed: st.failed.as_ref().map(|e| e.to_string()),
         }
     }
 
