@@ -8,8 +8,8 @@ Subcommands
   create-topic --bootstrap B --topic T [--partitions N]
       Creates T (CreateTopics, replication factor 1). Prints {"created": T, "partitions": N}.
       Exits 0 if the topic already exists with the requested partition count.
-  consume --bootstrap B --topic T [--expect N] [--timeout S]
-      Reads every partition of T from the beginning. Without --expect it stops when all partitions
+  consume --bootstrap B --topic T [--expect N] [--timeout S] [--from-offset O]
+      Reads every partition of T from the beginning (or from offset O in each partition). Without --expect it stops when all partitions
       reached their end; with --expect it stops after N records. Prints one JSON line per record:
         {"topic", "partition", "offset", "timestamp", "timestamp_type",
          "key": utf8 str | base64 str | null, "key_b64": bool,
@@ -17,6 +17,8 @@ Subcommands
          "headers": {name: utf8 str or base64 str},  "headers_b64": [names whose value is base64],
          "headers_raw": [[name, base64 value or null], ...]   (exact, keeps order and duplicates)}
       Exits 3 (after printing what it got) if fewer than N records arrived before the timeout.
+  offsets --bootstrap B --topic T
+      Prints one JSON line per partition: {"partition", "low", "high"} (ListOffsets earliest/latest).
   produce --bootstrap B --topic T --count N --size S [--compression C] [--acks A] [--key K]
           [--header NAME=VALUE]... [--partition P] [--linger-ms MS]
       Produces N records whose value is the record index in decimal, zero-padded to 10 digits and then
@@ -141,7 +143,8 @@ def cmd_consume(args):
                 return 2
             else:
                 time.sleep(0.1)
-        consumer.assign([TopicPartition(args.topic, p, -2) for p in partitions])  # -2 = beginning
+        start = -2 if args.from_offset is None else args.from_offset  # -2 = beginning
+        consumer.assign([TopicPartition(args.topic, p, start) for p in partitions])
         got = 0
         at_eof = set()
         while True:
@@ -173,6 +176,26 @@ def cmd_consume(args):
             at_eof.discard(msg.partition())
             print(json.dumps(record_json(msg)), flush=True)
             got += 1
+    finally:
+        consumer.close()
+
+
+def cmd_offsets(args):
+    conf = common_conf(args)
+    conf.update({"group.id": f"ironbridge-e2e-{uuid.uuid4()}", "enable.auto.commit": False})
+    consumer = Consumer(conf)
+    try:
+        md = consumer.list_topics(args.topic, timeout=args.timeout)
+        t = md.topics.get(args.topic)
+        if t is None or t.error is not None or not t.partitions:
+            print(f"offsets {args.topic}: topic not available: {t.error if t else 'no metadata'}",
+                  file=sys.stderr)
+            return 2
+        for p in sorted(t.partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(args.topic, p), timeout=args.timeout, cached=False)
+            print(json.dumps({"partition": p, "low": low, "high": high}), flush=True)
+        return 0
     finally:
         consumer.close()
 
@@ -255,7 +278,11 @@ def main():
 
     c = base("consume")
     c.add_argument("--expect", type=int)
+    c.add_argument("--from-offset", type=int)
     c.set_defaults(func=cmd_consume)
+
+    c = base("offsets")
+    c.set_defaults(func=cmd_offsets)
 
     c = base("produce")
     c.add_argument("--count", type=int, required=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the e2e tests (crate ironbridge-e2e) need on a fresh Debian machine. Run as root.
-# Idempotent and quick (seconds) when everything is already installed; the first run builds tansu (~9 min on 2 cores).
+# Idempotent and quick (seconds) when everything is already installed; the first run builds tansu
+# (~9 min on an idle 2-core machine, over 30 min next to other builds).
 #   apt: mosquitto, mosquitto-clients, socat, python3-venv
 #   /var/cache/ironbridge/venv: confluent-kafka, paho-mqtt     (setup-python.sh)
 #   /var/cache/ironbridge/tansu/bin/tansu                      (install-tansu.sh)

@@ -1,1 +1,30 @@
 //! Harness for end-to-end tests: starts real peers (Kafka-protocol broker, MQTT clients, fault proxy) on 127.0.0.1.
+//!
+//! Everything here talks to loopback only.
+//!
+//! - [`net`]: free ports, waiting until a port accepts connections, a TCP echo server.
+//! - [`proxy::FaultProxy`]: in-process TCP fault proxy (`pass`, `cut`, `blackhole`, `slow`); the same engine
+//!   runs as the `fault-proxy` binary.
+//! - [`tansu::Tansu`]: the `tansu` Kafka-protocol broker as a child process (memory or SQLite storage).
+//! - [`kafka`]: create topics, produce and consume with the independent Python client (confluent-kafka).
+//! - [`mqtt`]: publish with `mosquitto_pub` or the Python paho-mqtt script; a `mosquitto` reference broker.
+//! - [`external`]: where the external tools live, and the "install it / skip it" policy.
+//!
+//! External tools are installed by `tests/scripts/install-deps.sh` (as root). A test that needs a missing
+//! tool fails with a message naming the install script, unless `IRONBRIDGE_E2E_SKIP_EXTERNAL=1`, which
+//! skips every test that needs an external tool.
+
+pub mod external;
+pub mod kafka;
+pub mod mqtt;
+pub mod net;
+pub mod process;
+pub mod proxy;
+pub mod tansu;
+
+pub use external::{External, require};
+pub use kafka::{KafkaTool, PartitionOffsets, ProduceOptions, ProduceStats, Record};
+pub use mqtt::{Mosquitto, MqttPublish, MqttVersion};
+pub use net::{EchoServer, free_port, wait_for_port};
+pub use proxy::{FaultProxy, Mode};
+pub use tansu::{Storage, Tansu};
