@@ -13,13 +13,17 @@ pub enum Error {
     Full { used: u64, max: u64 },
     #[error("record payload of {size} bytes exceeds max_record_bytes ({max})")]
     RecordTooLarge { size: usize, max: u32 },
-    #[error("batch of {size} bytes cannot fit in a buffer of max_bytes {max} with segment_bytes {segment}")]
+    #[error(
+        "batch of {size} bytes cannot fit in a buffer of max_bytes {max} with segment_bytes {segment}"
+    )]
     BatchTooLarge { size: u64, max: u64, segment: u64 },
     #[error("invalid buffer options: {0}")]
     InvalidOptions(String),
     #[error("invalid consumer name {0:?}: use 1 to 64 letters, digits, '-', '_' or '.'")]
     InvalidConsumerName(String),
-    #[error("an fdatasync of the buffer failed; the log refuses further appends until reopened: {0}")]
+    #[error(
+        "an fdatasync of the buffer failed; the log refuses further appends until reopened: {0}"
+    )]
     SyncFailed(Arc<io::Error>),
     #[error("the log has been closed")]
     Closed,

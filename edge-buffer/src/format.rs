@@ -19,7 +19,10 @@ pub(crate) const fn frame_len(payload_len: usize) -> usize {
     FRAME_HEADER_LEN + BODY_PREFIX_LEN + payload_len
 }
 
-pub(crate) fn encode_segment_header(base_offset: u64, created_ms: i64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub(crate) fn encode_segment_header(
+    base_offset: u64,
+    created_ms: i64,
+) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[0..8].copy_from_slice(&SEGMENT_MAGIC);
     h[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -74,7 +77,9 @@ pub(crate) enum Frame<'a> {
         len: usize,
     },
     /// The bytes end before the frame does (or before its header does).
-    Incomplete { needed: usize },
+    Incomplete {
+        needed: usize,
+    },
     Corrupt,
 }
 
@@ -155,7 +160,13 @@ pub(crate) struct SegmentScanner {
 const WINDOW: usize = 256 * 1024;
 
 impl SegmentScanner {
-    pub(crate) fn new(file: File, start: u64, limit: u64, min_offset: u64, max_payload: u32) -> Self {
+    pub(crate) fn new(
+        file: File,
+        start: u64,
+        limit: u64,
+        min_offset: u64,
+        max_payload: u32,
+    ) -> Self {
         SegmentScanner {
             file,
             window: Vec::new(),
@@ -190,7 +201,9 @@ impl SegmentScanner {
         if at >= self.window_start && at + need as u64 <= end {
             return Ok(());
         }
-        let want = need.max(WINDOW).min((self.limit.saturating_sub(at)) as usize);
+        let want = need
+            .max(WINDOW)
+            .min((self.limit.saturating_sub(at)) as usize);
         self.window.clear();
         self.window.resize(want, 0);
         let mut got = 0;
@@ -241,7 +254,9 @@ impl SegmentScanner {
                         payload: range,
                     });
                 }
-                Frame::Incomplete { needed } if self.pos + needed as u64 <= self.limit && needed > need => {
+                Frame::Incomplete { needed }
+                    if self.pos + needed as u64 <= self.limit && needed > need =>
+                {
                     need = needed;
                 }
                 Frame::Incomplete { .. } | Frame::Valid { .. } | Frame::Corrupt => {
@@ -260,11 +275,14 @@ impl SegmentScanner {
         while p + probe as u64 <= self.limit {
             self.fill(p, probe)?;
             if plausible_header(self.slice_at(p), self.max_payload, &offsets) {
-                let body_len = u32::from_le_bytes(self.slice_at(p)[0..4].try_into().unwrap_or([0; 4])) as usize;
+                let body_len =
+                    u32::from_le_bytes(self.slice_at(p)[0..4].try_into().unwrap_or([0; 4]))
+                        as usize;
                 let len = FRAME_HEADER_LEN + body_len;
                 if p + len as u64 <= self.limit {
                     self.fill(p, len)?;
-                    if let Frame::Valid { offset, .. } = decode_frame(self.slice_at(p), self.max_payload)
+                    if let Frame::Valid { offset, .. } =
+                        decode_frame(self.slice_at(p), self.max_payload)
                         && offsets.contains(&offset)
                     {
                         self.pos = p;
@@ -301,7 +319,14 @@ mod tests {
             let mut bad = buf.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
             assert!(
-                !matches!(decode_frame(&bad, 1024), Frame::Valid { offset: 42, payload: b"hello", .. }),
+                !matches!(
+                    decode_frame(&bad, 1024),
+                    Frame::Valid {
+                        offset: 42,
+                        payload: b"hello",
+                        ..
+                    }
+                ),
                 "flip of bit {bit} went unnoticed"
             );
         }

@@ -94,7 +94,10 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     pub fn new(timestamp_ms: i64, payload: &'a [u8]) -> Self {
-        Record { timestamp_ms, payload }
+        Record {
+            timestamp_ms,
+            payload,
+        }
     }
 }
 

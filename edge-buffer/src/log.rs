@@ -135,7 +135,11 @@ impl AppendTicket {
         self.offsets.clone()
     }
 
-    fn check(&self, v: &Visible, st_failed: Option<&Arc<io::Error>>) -> Option<Result<Range<u64>, Error>> {
+    fn check(
+        &self,
+        v: &Visible,
+        st_failed: Option<&Arc<io::Error>>,
+    ) -> Option<Result<Range<u64>, Error>> {
         if v.end >= self.offsets.end {
             return Some(Ok(self.offsets.clone()));
         }
@@ -173,7 +177,11 @@ impl AppendTicket {
             if let Some(r) = self.check(&v, st.failed.as_ref()) {
                 return r;
             }
-            st = self.shared.visible_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self
+                .shared
+                .visible_cv
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -276,7 +284,9 @@ fn recover_tail(path: &Path, base: u64, max_payload: u32) -> Result<Recovered, E
     loop {
         match scan.next_item().map_err(|e| Error::io(path, e))? {
             ScanItem::Record {
-                offset, timestamp_ms, ..
+                offset,
+                timestamp_ms,
+                ..
             } => {
                 rec.next_offset = offset + 1;
                 rec.newest_timestamp_ms = Some(timestamp_ms);
@@ -315,7 +325,9 @@ impl Log {
         if let FsyncPolicy::Interval(d) = opts.fsync
             && d.is_zero()
         {
-            return Err(Error::InvalidOptions("fsync interval must be greater than zero".into()));
+            return Err(Error::InvalidOptions(
+                "fsync interval must be greater than zero".into(),
+            ));
         }
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
@@ -374,7 +386,9 @@ impl Log {
         };
         let counters = Counters::default();
         counters.corrupt.store(rec.corrupt, Ordering::Relaxed);
-        counters.truncated_bytes.store(rec.truncated, Ordering::Relaxed);
+        counters
+            .truncated_bytes
+            .store(rec.truncated, Ordering::Relaxed);
         let state = State {
             segments,
             active: Arc::new(active),
@@ -457,7 +471,8 @@ impl Log {
         if records.is_empty() {
             return Ok(self.ticket(first..first));
         }
-        let roll = st.written.segment_len > SEGMENT_HEADER_LEN && st.written.segment_len + needed > opts.segment_bytes;
+        let roll = st.written.segment_len > SEGMENT_HEADER_LEN
+            && st.written.segment_len + needed > opts.segment_bytes;
         let needed_total = needed + if roll { SEGMENT_HEADER_LEN } else { 0 };
         self.make_room(&mut st, needed_total)?;
         if roll {
@@ -483,7 +498,10 @@ impl Log {
             let _ = st.active.set_len(pos);
             let err = Error::io(segment_path(&self.shared.dir, st.written.segment_base), e);
             if matches!(err, Error::DiskFull { .. }) {
-                self.shared.counters.disk_full_errors.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .disk_full_errors
+                    .fetch_add(1, Ordering::Relaxed);
             }
             return Err(err);
         }
@@ -525,7 +543,10 @@ impl Log {
         }
         match self.shared.opts.full_policy {
             FullPolicy::Backpressure => {
-                self.shared.counters.full_rejections.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .full_rejections
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(Error::Full {
                     used: st.total_bytes,
                     max,
@@ -540,7 +561,10 @@ impl Log {
                     dropped += next_base - seg.base;
                 }
                 if dropped > 0 {
-                    self.shared.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+                    self.shared
+                        .counters
+                        .dropped
+                        .fetch_add(dropped, Ordering::Relaxed);
                     tracing::warn!(records = dropped, "buffer full: dropped oldest records");
                     cursor::sync_dir(&self.shared.dir)?;
                 }
@@ -688,9 +712,17 @@ impl Log {
     /// A snapshot of sizes, positions and counters.
     pub fn stats(&self) -> Stats {
         let mut st = self.shared.lock();
-        let oldest_offset = st.segments.front().map(|s| s.base).unwrap_or(st.next_offset);
+        let oldest_offset = st
+            .segments
+            .front()
+            .map(|s| s.base)
+            .unwrap_or(st.next_offset);
         if st.oldest_timestamp_ms.is_none() {
-            let ts = first_timestamp(&self.shared.dir, oldest_offset, self.shared.opts.max_record_bytes);
+            let ts = first_timestamp(
+                &self.shared.dir,
+                oldest_offset,
+                self.shared.opts.max_record_bytes,
+            );
             st.oldest_timestamp_ms = Some(ts);
         }
         let c = &self.shared.counters;
@@ -780,7 +812,10 @@ fn sync_loop(shared: &Shared, policy: FsyncPolicy) {
                             .unwrap_or_else(|p| p.into_inner())
                             .0
                     }
-                    _ => shared.sync_wanted.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    _ => shared
+                        .sync_wanted
+                        .wait(st)
+                        .unwrap_or_else(|p| p.into_inner()),
                 };
             }
             (st.written, st.active.clone())
@@ -797,7 +832,11 @@ fn sync_loop(shared: &Shared, policy: FsyncPolicy) {
                 if policy == FsyncPolicy::Always {
                     // A roll may have published a later position meanwhile; never go back.
                     let current = *shared.visible_tx.borrow();
-                    if target.end > current.end || (target.end == current.end && target.segment_base == current.segment_base && target.segment_len > current.segment_len) {
+                    if target.end > current.end
+                        || (target.end == current.end
+                            && target.segment_base == current.segment_base
+                            && target.segment_len > current.segment_len)
+                    {
                         shared.publish(target);
                     }
                 }

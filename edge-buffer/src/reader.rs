@@ -57,13 +57,20 @@ impl Reader {
             let (base, next_base) = {
                 let st = self.shared.lock();
                 let oldest = st.segments.front().map(|s| s.base).unwrap_or(0);
-                let end = st.segments.back().map(|_| self.shared.visible_tx.borrow().end).unwrap_or(0);
+                let end = st
+                    .segments
+                    .back()
+                    .map(|_| self.shared.visible_tx.borrow().end)
+                    .unwrap_or(0);
                 if self.next < oldest {
                     self.missed += oldest - self.next;
                     self.next = oldest;
                 }
                 self.next = self.next.min(end.max(oldest));
-                let idx = st.segments.partition_point(|s| s.base <= self.next).saturating_sub(1);
+                let idx = st
+                    .segments
+                    .partition_point(|s| s.base <= self.next)
+                    .saturating_sub(1);
                 let base = st.segments.get(idx).map(|s| s.base).unwrap_or(oldest);
                 (base, st.segments.get(idx + 1).map(|s| s.base))
             };
@@ -107,7 +114,11 @@ impl Reader {
 
     /// Reads up to `max_records` records / about `max_bytes` of payload that are available now.
     /// Returns an empty batch when the reader has caught up.
-    pub fn read_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, Error> {
+    pub fn read_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, Error> {
         let mut out = Vec::new();
         let mut data = BytesMut::new();
         let mut spans: Vec<(u64, i64, usize, usize)> = Vec::new();
@@ -184,7 +195,10 @@ impl Reader {
     fn next_segment(&mut self) -> Result<(), Error> {
         let next_base = {
             let st = self.shared.lock();
-            st.segments.iter().map(|s| s.base).find(|&b| b > self.segment_base)
+            st.segments
+                .iter()
+                .map(|s| s.base)
+                .find(|&b| b > self.segment_base)
         };
         if let Some(nb) = next_base {
             // Offsets between the last record read and the next segment were corrupt or dropped.
@@ -202,11 +216,19 @@ impl Reader {
             .wait_for(|v| v.end > next || v.closed)
             .await
             .map_err(|_| Error::Closed)?;
-        if v.end > next { Ok(()) } else { Err(Error::Closed) }
+        if v.end > next {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
     }
 
     /// Like [`Reader::read_batch`], but waits for at least one record.
-    pub async fn next_batch(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, Error> {
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, Error> {
         loop {
             let batch = self.read_batch(max_records, max_bytes)?;
             if !batch.is_empty() {
