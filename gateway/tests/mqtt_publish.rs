@@ -20,23 +20,112 @@ async fn qos_versions_properties_retain_and_order() {
             let topic = format!("plant/{vname}/q{qos}");
             let msg = format!("m-{vname}-{qos}");
             let id = format!("pub-{vname}-{qos}");
-            let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-V", v, "-q", qos, "-t", &topic, "-m", &msg, "-i", &id];
+            let mut args = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                v,
+                "-q",
+                qos,
+                "-t",
+                &topic,
+                "-m",
+                &msg,
+                "-i",
+                &id,
+            ];
             if vname == "v5" {
                 args.extend(["-D", "publish", "user-property", "unit", "degC"]);
                 args.extend(["-D", "publish", "user-property", "line", "7"]);
                 args.extend(["-D", "publish", "content-type", "text/plain"]);
             }
             pub_ok(&args, None).await;
-            expected.push((topic, msg, id, qos.parse::<u8>().expect("qos"), vname == "v5"));
+            expected.push((
+                topic,
+                msg,
+                id,
+                qos.parse::<u8>().expect("qos"),
+                vname == "v5",
+            ));
         }
     }
     // Retained, a Sparkplug topic and a `$` topic (rumqttd alone would drop the latter).
-    pub_ok(&["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r", "-t", "plant/state", "-m", "on", "-i", "ret"], None).await;
-    pub_ok(&["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "spBv1.0/G1/NDATA/E1", "-m", "x", "-i", "sp"], None).await;
-    pub_ok(&["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "$custom/a", "-m", "d", "-i", "dollar"], None).await;
+    pub_ok(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "plant/state",
+            "-m",
+            "on",
+            "-i",
+            "ret",
+        ],
+        None,
+    )
+    .await;
+    pub_ok(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "spBv1.0/G1/NDATA/E1",
+            "-m",
+            "x",
+            "-i",
+            "sp",
+        ],
+        None,
+    )
+    .await;
+    pub_ok(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "$custom/a",
+            "-m",
+            "d",
+            "-i",
+            "dollar",
+        ],
+        None,
+    )
+    .await;
     // 200 lines from one publisher keep their order.
     let lines: String = (0..200).map(|i| format!("seq-{i}\n")).collect();
-    pub_ok(&["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "plant/seq", "-l", "-i", "seq"], Some(lines.as_bytes())).await;
+    pub_ok(
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-t",
+            "plant/seq",
+            "-l",
+            "-i",
+            "seq",
+        ],
+        Some(lines.as_bytes()),
+    )
+    .await;
 
     let events = read_events(&b.log, expected.len() + 3 + 200, Duration::from_secs(20)).await;
     for (i, (topic, msg, id, qos, v5)) in expected.iter().enumerate() {
@@ -51,16 +140,25 @@ async fn qos_versions_properties_retain_and_order() {
             assert_eq!(ev.content_type.as_deref(), Some("text/plain"));
             assert_eq!(
                 ev.user_properties,
-                vec![("unit".to_string(), "degC".to_string()), ("line".to_string(), "7".to_string())]
+                vec![
+                    ("unit".to_string(), "degC".to_string()),
+                    ("line".to_string(), "7".to_string())
+                ]
             );
         } else {
             assert!(ev.content_type.is_none() && ev.user_properties.is_empty());
         }
         let now = ironbridge_now_ms();
-        assert!(rec.timestamp_ms <= now && rec.timestamp_ms > now - 60_000, "acceptance timestamp");
+        assert!(
+            rec.timestamp_ms <= now && rec.timestamp_ms > now - 60_000,
+            "acceptance timestamp"
+        );
     }
     let n = expected.len();
-    assert_eq!((events[n].1.topic.as_str(), events[n].1.retain), ("plant/state", true));
+    assert_eq!(
+        (events[n].1.topic.as_str(), events[n].1.retain),
+        ("plant/state", true)
+    );
     assert_eq!(events[n + 1].1.topic, "spBv1.0/G1/NDATA/E1");
     assert_eq!(events[n + 2].1.topic, "$custom/a");
     for (i, (_, ev)) in events[n + 3..].iter().enumerate() {

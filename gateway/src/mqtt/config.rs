@@ -131,6 +131,7 @@ impl MqttConfig {
         }
         if let Some(tls) = &self.tls
             && tls.listen == self.listen
+            && tls.listen.port() != 0
         {
             return Err(bad(
                 "tls.listen",

@@ -48,11 +48,17 @@ pub async fn start_with(cfg: MqttConfig, opts: Options) -> TestBroker {
 pub async fn run(bin: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(bin);
     cmd.args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{bin} not runnable (apt-get install mosquitto-clients): {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{bin} not runnable (apt-get install mosquitto-clients): {e}"));
     if let (Some(data), Some(mut w)) = (stdin, child.stdin.take()) {
         w.write_all(data).await.expect("stdin");
         drop(w);
