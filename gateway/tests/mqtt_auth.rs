@@ -45,17 +45,15 @@ async fn users_wrong_password_and_anonymous() {
     let b = start(cfg.clone()).await;
     let port = b.port();
 
-    assert_eq!(
+    assert!(
         attempt(&port, "mqttv311", Some(("plc", "s3cret")), "ok-311")
             .await
-            .0,
-        true
+            .0
     );
-    assert_eq!(
+    assert!(
         attempt(&port, "mqttv5", Some(("plc", "s3cret")), "ok-5")
             .await
-            .0,
-        true
+            .0
     );
     let (ok, err) = attempt(&port, "mqttv311", Some(("plc", "wrong")), "bad").await;
     assert!(!ok && err.contains("bad user name or password"), "{err}");
