@@ -150,10 +150,9 @@ pub(crate) fn parse_connect(
     })
 }
 
-/// Re-encodes the CONNECT for the internal router: our credentials instead of the client's
-/// (checked already), and keep-alive 0 ("none", which rumqttd refuses) as the maximum.
+/// Re-encodes the CONNECT as MQTT 5 for the internal router: our credentials instead of the
+/// client's (checked already), and keep-alive 0 ("none", which rumqttd refuses) as the maximum.
 pub(crate) fn rewrite_connect(
-    version: Version,
     info: ConnectInfo,
     user: &str,
     password: &str,
@@ -169,11 +168,136 @@ pub(crate) fn rewrite_connect(
         });
     }
     let mut out = BytesMut::new();
-    match version {
-        Version::V4 => V4.write(packet, &mut out)?,
-        Version::V5 => V5.write(packet, &mut out)?,
-    };
+    V5.write(packet, &mut out)?;
     Ok(out)
+}
+
+// Every client talks MQTT 5 to the internal router: rumqttd 0.20 panics (`unreachable!` in its
+// v4 encoder) when it forwards a publish that carries MQTT 5 properties to a 3.1.1 subscriber,
+// killing that subscriber's connection. So 3.1.1 clients are translated here, which for the
+// packets a client and a router exchange is only adding or removing empty properties.
+
+fn put_varint(out: &mut BytesMut, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.extend_from_slice(&[b]);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// (value, bytes used) of a variable byte integer at the start of `b`.
+fn varint(b: &[u8]) -> Result<(usize, usize), CodecError> {
+    let mut n = 0usize;
+    for i in 0..4 {
+        let byte = *b
+            .get(i)
+            .ok_or_else(|| CodecError::Malformed("short property length".into()))?;
+        n |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((n, i + 1));
+        }
+    }
+    Err(CodecError::BadLength)
+}
+
+fn put_frame(out: &mut BytesMut, byte1: u8, parts: &[&[u8]]) {
+    out.extend_from_slice(&[byte1]);
+    put_varint(out, parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+fn body(frame: &[u8]) -> Result<&[u8], CodecError> {
+    let (_, header) = fixed_header(frame)?.ok_or(CodecError::BadLength)?;
+    Ok(&frame[header..])
+}
+
+/// Length of PUBLISH topic plus packet id at the start of `body`.
+fn publish_head(byte1: u8, body: &[u8]) -> Result<usize, CodecError> {
+    let short = || CodecError::Malformed("short PUBLISH".into());
+    let topic_len = u16::from_be_bytes([
+        *body.first().ok_or_else(short)?,
+        *body.get(1).ok_or_else(short)?,
+    ]) as usize;
+    let head = 2 + topic_len + if (byte1 >> 1) & 3 > 0 { 2 } else { 0 };
+    if body.len() < head {
+        return Err(short());
+    }
+    Ok(head)
+}
+
+/// One MQTT 3.1.1 client packet (not CONNECT) as MQTT 5, appended to `out`.
+pub(crate) fn v4_to_v5(frame: &[u8], out: &mut BytesMut) -> Result<(), CodecError> {
+    let byte1 = frame[0];
+    let b = body(frame)?;
+    // Where MQTT 5 expects a property length: after the topic and packet id of a PUBLISH,
+    // after the packet id of (UN)SUBSCRIBE. Acks, PINGREQ and DISCONNECT are valid as they are.
+    let at = match byte1 >> 4 {
+        PUBLISH => publish_head(byte1, b)?,
+        8 | 10 if b.len() >= 2 => 2,
+        8 | 10 => return Err(CodecError::Malformed("short SUBSCRIBE".into())),
+        _ => {
+            out.extend_from_slice(frame);
+            return Ok(());
+        }
+    };
+    put_frame(out, byte1, &[&b[..at], &[0], &b[at..]]);
+    Ok(())
+}
+
+/// One MQTT 5 router packet as MQTT 3.1.1, appended to `out`; `false` for a server
+/// DISCONNECT, which 3.1.1 expresses by closing the connection.
+pub(crate) fn v5_to_v4(frame: &[u8], out: &mut BytesMut) -> Result<bool, CodecError> {
+    let byte1 = frame[0];
+    let b = body(frame)?;
+    let short = || CodecError::Malformed(format!("short packet type {}", byte1 >> 4));
+    match byte1 >> 4 {
+        PUBLISH => {
+            let head = publish_head(byte1, b)?;
+            let (props, used) = varint(&b[head..])?;
+            let payload = b.get(head + used + props..).ok_or_else(short)?;
+            put_frame(out, byte1, &[&b[..head], payload]);
+        }
+        // CONNACK: map the reason code onto the six 3.1.1 return codes.
+        2 => {
+            let flags = *b.first().ok_or_else(short)?;
+            let code = match *b.get(1).ok_or_else(short)? {
+                0 => 0,
+                0x84 => 1,
+                0x85 => 2,
+                0x86 => 4,
+                0x87 | 0x8c => 5,
+                _ => 3,
+            };
+            put_frame(out, 0x20, &[&[flags & 1, code]]);
+        }
+        // PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: packet id only.
+        4..=7 | 11 => put_frame(out, byte1, &[b.get(..2).ok_or_else(short)?]),
+        // SUBACK: drop properties; failures become 0x80.
+        9 => {
+            let pkid = b.get(..2).ok_or_else(short)?;
+            let (props, used) = varint(&b[2..])?;
+            let codes: Vec<u8> = b
+                .get(2 + used + props..)
+                .ok_or_else(short)?
+                .iter()
+                .map(|&c| if c <= 2 { c } else { 0x80 })
+                .collect();
+            put_frame(out, 0x90, &[pkid, &codes]);
+        }
+        DISCONNECT => return Ok(false),
+        // AUTH does not exist in 3.1.1.
+        15 => {}
+        _ => out.extend_from_slice(frame),
+    }
+    Ok(true)
 }
 
 /// Per-connection PUBLISH decoding state (MQTT 5 topic aliases).
@@ -313,13 +437,64 @@ mod tests {
             (will.topic.as_str(), will.qos, will.retain),
             ("dead/plc", 1, true)
         );
-        let out = rewrite_connect(Version::V4, info, "internal", "secret").expect("rewrite");
-        let again = parse_connect(Version::V4, &out, 1 << 20).expect("reparse");
+        let out = rewrite_connect(info, "internal", "secret").expect("rewrite");
+        assert_eq!(connect_version(&out).expect("version"), Version::V5);
+        let again = parse_connect(Version::V5, &out, 1 << 20).expect("reparse");
         assert_eq!(again.login, Some(("internal".into(), "secret".into())));
         let Packet::Connect(c, ..) = again.packet else {
             panic!("connect")
         };
         assert_eq!(c.keep_alive, u16::MAX);
+    }
+
+    #[test]
+    fn v4_v5_translation_round_trips() {
+        let mut p = BytesMut::new();
+        V4.write(
+            Packet::Publish(
+                {
+                    let mut p = protocol::Publish::new(
+                        Bytes::from_static(b"a/b"),
+                        Bytes::from_static(b"xyz"),
+                        true,
+                    );
+                    p.retain = true;
+                    p
+                },
+                None,
+            ),
+            &mut p,
+        )
+        .expect("encode");
+        let mut v5 = BytesMut::new();
+        v4_to_v5(&p, &mut v5).expect("to v5");
+        let Packet::Publish(pub5, props) =
+            V5.read_mut(&mut v5.clone(), 1 << 20).expect("v5 parses")
+        else {
+            panic!("publish")
+        };
+        assert_eq!(
+            (&pub5.topic[..], &pub5.payload[..], pub5.retain, props),
+            (&b"a/b"[..], &b"xyz"[..], true, None)
+        );
+        let mut back = BytesMut::new();
+        assert!(v5_to_v4(&v5, &mut back).expect("to v4"));
+        assert_eq!(back, p);
+        // SUBSCRIBE gains an empty property length after the packet id.
+        let sub = [0x82, 8, 0, 1, 0, 3, b'a', b'/', b'#', 1];
+        let mut v5 = BytesMut::new();
+        v4_to_v5(&sub, &mut v5).expect("sub");
+        assert_eq!(&v5[..], &[0x82, 9, 0, 1, 0, 0, 3, b'a', b'/', b'#', 1]);
+        // Router acks and CONNACK lose reason codes and properties.
+        let mut out = BytesMut::new();
+        v5_to_v4(&[0x20, 3, 0, 0, 0], &mut out).expect("connack");
+        v5_to_v4(&[0x40, 4, 0, 7, 0, 0], &mut out).expect("puback");
+        v5_to_v4(&[0x90, 5, 0, 2, 0, 1, 0x87], &mut out).expect("suback");
+        assert_eq!(
+            &out[..],
+            &[0x20, 2, 0, 0, 0x40, 2, 0, 7, 0x90, 4, 0, 2, 1, 0x80]
+        );
+        assert!(!v5_to_v4(&[0xe0, 1, 0x8e], &mut out).expect("disconnect"));
     }
 
     #[test]

@@ -64,8 +64,8 @@ pub(crate) struct Front {
     pub(crate) auth: Authenticator,
     pub(crate) log: Arc<Log>,
     pub(crate) stats: Arc<MqttStats>,
-    pub(crate) upstream_v4: SocketAddr,
-    pub(crate) upstream_v5: SocketAddr,
+    /// The internal router's MQTT 5 listener.
+    pub(crate) upstream: SocketAddr,
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) slots: Arc<Semaphore>,
@@ -245,15 +245,11 @@ impl Front {
                 .refuse(&mut cw, version, Refusal::ServerUnavailable)
                 .await;
         };
-        let upstream_addr = match version {
-            Version::V4 => self.upstream_v4,
-            Version::V5 => self.upstream_v5,
-        };
         let will = info.will.clone();
         let upstream = async {
-            let s = TcpStream::connect(upstream_addr).await?;
+            let s = TcpStream::connect(self.upstream).await?;
             s.set_nodelay(true)?;
-            let connect = codec::rewrite_connect(version, info, &self.user, &self.password)
+            let connect = codec::rewrite_connect(info, &self.user, &self.password)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
             let (ur, mut uw) = s.into_split();
             uw.write_all(&connect).await?;
@@ -276,7 +272,7 @@ impl Front {
         let disconnected = AtomicBool::new(false);
         let inbound = self.inbound(cr, buf, tx, version, &client_id, &disconnected);
         let forward = self.forward(rx, uw);
-        let outbound = copy_out(ur, cw);
+        let outbound = copy_out(ur, cw, version, max_packet);
         tokio::pin!(inbound, forward, outbound);
         let mut shutdown = self.shutdown.clone();
         let mut inbound_done = false;
@@ -357,6 +353,8 @@ impl Front {
         let mut encoded = Vec::new();
         let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut read_at = Instant::now();
+        // MQTT 3.1.1 packets re-encoded as MQTT 5 for the router; MQTT 5 goes as read.
+        let mut translated = BytesMut::new();
         loop {
             encoded.clear();
             spans.clear();
@@ -388,15 +386,25 @@ impl Front {
                             break;
                         }
                         disconnected.store(true, Ordering::Relaxed);
+                        if version == Version::V4 {
+                            codec::v4_to_v5(frame, &mut translated)?;
+                        }
                         take += n;
                         break;
                     }
                     _ => {}
                 }
+                if version == Version::V4 {
+                    codec::v4_to_v5(frame, &mut translated)?;
+                }
                 take += n;
             }
             if take > 0 {
-                let bytes = buf.split_to(take).freeze();
+                let raw = buf.split_to(take);
+                let bytes = match version {
+                    Version::V4 => translated.split().freeze(),
+                    Version::V5 => raw.freeze(),
+                };
                 let ticket = if spans.is_empty() {
                     None
                 } else {
@@ -481,20 +489,45 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Router → client, byte for byte (flushing, for TLS).
+/// Router → client: byte for byte to MQTT 5 clients, translated for 3.1.1 clients (flushing
+/// after each read, for TLS).
 async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut r: R,
     mut w: W,
-) -> io::Result<()> {
-    let mut b = vec![0u8; READ_CHUNK];
+    version: Version,
+    max_packet: usize,
+) -> Result<(), ConnError> {
+    let mut inb = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::new();
     loop {
-        let n = r.read(&mut b).await?;
-        if n == 0 {
+        let mut open = true;
+        match version {
+            Version::V5 => out = inb.split(),
+            Version::V4 => {
+                // The router's packets to one subscriber; a little above the client limit.
+                while let Some(n) = codec::frame_len(&inb, max_packet + 4096)? {
+                    let frame = inb.split_to(n);
+                    if !codec::v5_to_v4(&frame, &mut out)? {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !out.is_empty() {
+            w.write_all(&out).await?;
+            w.flush().await?;
+            out.clear();
+        }
+        if !open {
             let _ = w.shutdown().await;
             return Ok(());
         }
-        w.write_all(&b[..n]).await?;
-        w.flush().await?;
+        inb.reserve(READ_CHUNK);
+        if r.read_buf(&mut inb).await? == 0 {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
     }
 }
 

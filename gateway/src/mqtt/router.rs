@@ -1,5 +1,6 @@
-//! The internal rumqttd: router thread plus one MQTT 3.1.1 and one MQTT 5 listener on
-//! loopback, reachable only with per-start random credentials that the front end injects.
+//! The internal rumqttd: router thread plus one MQTT 5 listener on loopback (3.1.1 clients are
+//! translated by the front end), reachable only with per-start random credentials that the
+//! front end injects.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::task::Poll;
 use rand::Rng;
 use rumqttd::local::LinkBuilder;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Protocol, v4::V4, v5::V5};
+use rumqttd::protocol::{Protocol, v5::V5};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::task::JoinHandle;
 
@@ -20,8 +21,7 @@ use super::{MqttConfig, MqttError};
 pub(crate) const LOCAL_CLIENT_ID: &str = "ironbridge-local";
 
 pub(crate) struct Internal {
-    pub(crate) v4: SocketAddr,
-    pub(crate) v5: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) servers: Vec<JoinHandle<()>>,
@@ -102,27 +102,14 @@ pub(crate) async fn start(cfg: &MqttConfig) -> Result<Internal, MqttError> {
         next_connection_delay_ms: 0,
         connections: connections.clone(),
     };
-    let (v4, v5) = (free_loopback()?, free_loopback()?);
-    let mut servers = Vec::new();
-    servers.push(
+    let addr = free_loopback()?;
+    let servers = vec![
         spawn_server(
-            Server::new(settings("internal-v4", v4), router_tx.clone(), V4),
-            v4,
+            Server::new(settings("internal-v5", addr), router_tx.clone(), V5),
+            addr,
         )
         .await?,
-    );
-    match spawn_server(
-        Server::new(settings("internal-v5", v5), router_tx.clone(), V5),
-        v5,
-    )
-    .await
-    {
-        Ok(h) => servers.push(h),
-        Err(e) => {
-            servers.iter().for_each(|h| h.abort());
-            return Err(e);
-        }
-    }
+    ];
     let local = match LinkBuilder::new(LOCAL_CLIENT_ID, router_tx).build() {
         Ok((tx, rx, _connack)) => (tx, rx),
         Err(e) => {
@@ -131,8 +118,7 @@ pub(crate) async fn start(cfg: &MqttConfig) -> Result<Internal, MqttError> {
         }
     };
     Ok(Internal {
-        v4,
-        v5,
+        addr,
         user,
         password,
         servers,
