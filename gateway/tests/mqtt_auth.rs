@@ -108,3 +108,27 @@ async fn port_in_use_is_an_error() {
         .expect("refused");
     assert!(err.to_string().contains("mqtt.listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_with_connack() {
+    let b = start(MqttConfig {
+        allow_anonymous: true,
+        max_connections: 1,
+        ..config()
+    })
+    .await;
+    let port = b.port();
+    let _holder = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-t", "hold"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub");
+    let stats = b.handle.stats();
+    until("holder connected", Duration::from_secs(10), || {
+        stats.snapshot().connections_current == 1
+    })
+    .await;
+    let (ok, err) = attempt(&port, "mqttv311", None, "over").await;
+    assert!(!ok && err.contains("unavailable"), "{err}");
+    assert_eq!(b.handle.stats().snapshot().connections_rejected, 1);
+}

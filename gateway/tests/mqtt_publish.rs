@@ -177,3 +177,67 @@ fn ironbridge_now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// In-process publishes (e.g. the Sparkplug edge node) are buffered first, then delivered to
+/// local subscribers; after stop() the port is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_publish_and_stop() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let b = start(ironbridge::mqtt::MqttConfig {
+        allow_anonymous: true,
+        ..config()
+    })
+    .await;
+    let port = b.port();
+    let mut sub = tokio::process::Command::new("stdbuf")
+        .args([
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-d",
+            "-t",
+            "edge/#",
+        ])
+        .args(["-F", "%t %p %P"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub");
+    let mut lines = BufReader::new(sub.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut subscribed = false;
+        while let Some(l) = lines.next_line().await.expect("line") {
+            if l.contains("SUBACK") && !subscribed {
+                subscribed = true;
+                let ev = ironbridge::event::Event {
+                    topic: "edge/node1".into(),
+                    payload: payload("local"),
+                    qos: 1,
+                    user_properties: vec![("src".into(), "gateway".into())],
+                    ..Default::default()
+                };
+                let offsets = b.handle.publish(&ev).await.expect("local publish");
+                assert_eq!(offsets, 0..1);
+            } else if subscribed && l.starts_with("edge/") {
+                return l;
+            }
+        }
+        panic!("subscriber ended");
+    })
+    .await
+    .expect("delivered in time");
+    assert_eq!(line, "edge/node1 local src:gateway");
+    let events = read_events(&b.log, 1, Duration::from_secs(5)).await;
+    assert_eq!(events[0].1.qos, 1);
+    let addr = b.handle.tcp_addr();
+    b.handle.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still listening after stop"
+    );
+}
