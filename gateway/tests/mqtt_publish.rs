@@ -241,3 +241,41 @@ async fn local_publish_and_stop() {
         "still listening after stop"
     );
 }
+
+/// Keep-alive 0 ("no keep-alive", common on PLC clients) is legal MQTT; rumqttd alone drops
+/// such clients without CONNACK, the front end serves them. (mosquitto_pub refuses -k 0, so
+/// this client is hand-written.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_is_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start(ironbridge::mqtt::MqttConfig {
+        allow_anonymous: true,
+        ..config()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(b.handle.tcp_addr())
+        .await
+        .expect("connect");
+    // CONNECT 3.1.1, clean session, keep-alive 0, client id "ka0".
+    s.write_all(&[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 3, b'k', b'a', b'0',
+    ])
+    .await
+    .expect("connect packet");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.expect("connack");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // PUBLISH QoS 1, topic "ka/0", packet id 1, payload "z".
+    s.write_all(&[0x32, 9, 0, 4, b'k', b'a', b'/', b'0', 0, 1, b'z'])
+        .await
+        .expect("publish");
+    let mut puback = [0u8; 4];
+    s.read_exact(&mut puback).await.expect("puback");
+    assert_eq!(puback, [0x40, 2, 0, 1]);
+    let events = read_events(&b.log, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        (events[0].1.topic.as_str(), events[0].1.client_id.as_deref()),
+        ("ka/0", Some("ka0"))
+    );
+    b.handle.stop().await;
+}

@@ -387,6 +387,7 @@ pub(crate) fn connack_refusal(version: Version, why: Refusal) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttd::protocol::PublishProperties;
 
     fn v4_connect(client: &str, keep_alive: u16, login: Option<(&str, &str)>) -> BytesMut {
         let packet = Packet::Connect(
@@ -495,6 +496,66 @@ mod tests {
             &[0x20, 2, 0, 0, 0x40, 2, 0, 7, 0x90, 4, 0, 2, 1, 0x80]
         );
         assert!(!v5_to_v4(&[0xe0, 1, 0x8e], &mut out).expect("disconnect"));
+    }
+
+    #[test]
+    fn mqtt5_topic_alias_is_resolved() {
+        let publish = |topic: &'static [u8], alias: u16, payload: &'static [u8]| {
+            let props = PublishProperties {
+                topic_alias: Some(alias),
+                content_type: Some("a/b".into()),
+                ..Default::default()
+            };
+            let mut b = BytesMut::new();
+            V5.write(
+                Packet::Publish(
+                    protocol::Publish::new(
+                        Bytes::from_static(topic),
+                        Bytes::from_static(payload),
+                        false,
+                    ),
+                    Some(props),
+                ),
+                &mut b,
+            )
+            .expect("encode");
+            b
+        };
+        let mut d = PublishDecoder::default();
+        let first = d
+            .event(
+                Version::V5,
+                &publish(b"plant/t", 3, b"1"),
+                "c",
+                1 << 20,
+                1 << 20,
+            )
+            .expect("first");
+        assert_eq!(
+            (first.topic.as_str(), first.content_type.as_deref()),
+            ("plant/t", Some("a/b"))
+        );
+        let second = d
+            .event(Version::V5, &publish(b"", 3, b"2"), "c", 1 << 20, 1 << 20)
+            .expect("aliased");
+        assert_eq!(
+            (second.topic.as_str(), &second.payload[..]),
+            ("plant/t", &b"2"[..])
+        );
+        assert!(matches!(
+            d.event(Version::V5, &publish(b"", 4, b"3"), "c", 1 << 20, 1 << 20),
+            Err(CodecError::UnknownAlias(4))
+        ));
+        assert!(matches!(
+            d.event(
+                Version::V5,
+                &publish(b"plant/t", 3, b"big"),
+                "c",
+                1 << 20,
+                2
+            ),
+            Err(CodecError::PayloadTooLarge(3))
+        ));
     }
 
     #[test]
