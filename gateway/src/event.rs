@@ -117,7 +117,11 @@ impl Event {
         let flags = c.u8()?;
         let qos = c.u8()?;
         let topic = c.string()?;
-        let client_id = if flags & HAS_CLIENT != 0 { Some(c.string()?) } else { None };
+        let client_id = if flags & HAS_CLIENT != 0 {
+            Some(c.string()?)
+        } else {
+            None
+        };
         let content_type = if flags & HAS_CONTENT_TYPE != 0 {
             Some(c.string()?)
         } else {
@@ -161,7 +165,10 @@ mod tests {
         let bytes = Bytes::from(buf);
         assert_eq!(Event::decode(&bytes), Ok(e));
         for cut in 0..bytes.len() - 4 {
-            assert!(Event::decode(&bytes.slice(..cut)).is_err(), "cut at {cut} decoded");
+            assert!(
+                Event::decode(&bytes.slice(..cut)).is_err(),
+                "cut at {cut} decoded"
+            );
         }
     }
 }
