@@ -235,17 +235,13 @@ impl Uplink {
         self.cfg.request_timeout()
     }
 
-    async fn commit(
-        &self,
-        next_offset: u64,
-        oldest_pending_ms: Option<i64>,
-    ) -> Result<(), UplinkError> {
+    async fn commit(&self, next_offset: u64) -> Result<(), UplinkError> {
         let log = Arc::clone(&self.log);
         let name = self.cfg.consumer.clone();
         tokio::task::spawn_blocking(move || log.commit(&name, next_offset))
             .await
             .map_err(|e| UplinkError::Internal(format!("commit task failed: {e}")))??;
-        self.status.committed(next_offset, oldest_pending_ms);
+        self.status.committed(next_offset);
         debug!(next_offset, "uplink cursor committed");
         Ok(())
     }
@@ -258,9 +254,10 @@ impl Uplink {
             .cursor(&self.cfg.consumer)?
             .unwrap_or(reader.next_offset());
         let mut done = reader.next_offset().max(committed);
-        self.status.committed(committed, None);
+        self.status.committed(committed);
         let interval = Duration::from_millis(self.cfg.commit_interval_ms);
         let mut last_commit = Instant::now();
+        let mut next_connect = Instant::now();
         self.status.set_state(UplinkState::Connecting);
         loop {
             // Wait for records; commit finished work when idle (at most once per interval).
@@ -271,15 +268,17 @@ impl Uplink {
                     break recs;
                 }
                 if done > committed && last_commit.elapsed() >= interval {
-                    self.commit(done, None).await?;
+                    self.commit(done).await?;
                     committed = done;
                     last_commit = Instant::now();
                 }
                 let commit_at = (done > committed).then(|| last_commit + interval);
+                // While idle, keep a connection (so the status tells whether Kafka is reachable).
+                let connect_at = self.session.is_none().then_some(next_connect);
                 tokio::select! {
                     _ = shutdown.wait() => {
                         if done > committed {
-                            self.commit(done, None).await?;
+                            self.commit(done).await?;
                         }
                         return Ok(());
                     }
@@ -287,13 +286,16 @@ impl Uplink {
                         Ok(()) => {}
                         Err(edge_buffer::Error::Closed) => {
                             if done > committed {
-                                self.commit(done, None).await?;
+                                self.commit(done).await?;
                             }
                             return Ok(());
                         }
                         Err(e) => return Err(e.into()),
                     },
                     _ = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
+                    _ = sleep_until(connect_at.unwrap_or_else(Instant::now)), if connect_at.is_some() => {
+                        next_connect = self.connect_idle(&mut shutdown).await;
+                    }
                 }
             };
             let batch = self.linger(&mut reader, first).await?;
@@ -304,16 +306,19 @@ impl Uplink {
             self.status.pending_from(head.timestamp_ms);
             let end = tail.offset + 1;
             match self.deliver(batch, &mut shutdown).await? {
-                Ok(()) => done = end,
+                Ok(()) => {
+                    done = end;
+                    self.status.progressed(done);
+                }
                 Err(Interrupted { done: d }) => {
                     if d > committed {
-                        self.commit(d, None).await?;
+                        self.commit(d).await?;
                     }
                     return Ok(());
                 }
             }
             if last_commit.elapsed() >= interval {
-                self.commit(done, None).await?;
+                self.commit(done).await?;
                 committed = done;
                 last_commit = Instant::now();
             }
@@ -558,14 +563,28 @@ impl Uplink {
         }
     }
 
-    fn dead_letter(&self, offset: u64, topic: &str, reason: &str) {
-        warn!(offset, topic, reason, "uplink dead-lettered a record");
-        self.status.dead_letter(offset, topic, reason);
+    /// One connection attempt while there is nothing to send; returns when to try again.
+    async fn connect_idle(&mut self, shutdown: &mut Shutdown) -> Instant {
+        let r = tokio::select! {
+            r = self.session() => r.map(|_| ()),
+            _ = shutdown.wait() => return Instant::now(),
+        };
+        match r {
+            Ok(()) => {
+                self.backoff.reset();
+                self.failed_rounds = 0;
+                self.status.set_state(UplinkState::Connected);
+                Instant::now()
+            }
+            Err(f) => {
+                let delay = self.backoff.next_delay();
+                self.record_failure(&f, delay);
+                Instant::now() + delay
+            }
+        }
     }
 
-    /// Records a failure, backs off (unless shut down meanwhile). Returns true on shutdown.
-    async fn fail(&mut self, f: Failure, shutdown: &mut Shutdown) -> bool {
-        let delay = self.backoff.next_delay();
+    fn record_failure(&mut self, f: &Failure, delay: Duration) {
         self.failed_rounds += 1;
         self.status.retry();
         self.status.error(f.message.clone());
@@ -587,6 +606,17 @@ impl Uplink {
             // Start over from the bootstrap servers: new connections, fresh metadata.
             self.session = None;
         }
+    }
+
+    fn dead_letter(&self, offset: u64, topic: &str, reason: &str) {
+        warn!(offset, topic, reason, "uplink dead-lettered a record");
+        self.status.dead_letter(offset, topic, reason);
+    }
+
+    /// Records a failure, backs off (unless shut down meanwhile). Returns true on shutdown.
+    async fn fail(&mut self, f: Failure, shutdown: &mut Shutdown) -> bool {
+        let delay = self.backoff.next_delay();
+        self.record_failure(&f, delay);
         tokio::select! {
             _ = sleep(delay) => false,
             _ = shutdown.wait() => true,

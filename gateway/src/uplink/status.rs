@@ -67,9 +67,12 @@ pub struct UplinkSnapshot {
     pub produce_requests: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
-    /// The committed buffer cursor: every offset below is done.
+    /// The committed buffer cursor: every offset below is done, durably.
     pub committed_offset: u64,
-    /// Buffer records not yet forwarded (acknowledged buffer end − committed cursor).
+    /// Every offset below was acknowledged by Kafka or skipped (committed at most
+    /// `commit_interval_ms` later).
+    pub forwarded_offset: u64,
+    /// Buffer records not yet forwarded (acknowledged buffer end − `forwarded_offset`).
     pub lag_records: u64,
     /// Age of the oldest record not yet forwarded, when known.
     pub lag_oldest_age_ms: Option<u64>,
@@ -138,6 +141,7 @@ impl UplinkStatus {
                     produce_requests: 0,
                     retries: 0,
                     committed_offset: 0,
+                    forwarded_offset: 0,
                     lag_records: 0,
                     lag_oldest_age_ms: None,
                     routes: Vec::new(),
@@ -170,7 +174,7 @@ impl UplinkStatus {
         let mut s = g.snap.clone();
         if let Some((oldest, end)) = bounds {
             // Records the full policy dropped before they were read are no longer lag.
-            s.lag_records = end.saturating_sub(s.committed_offset.max(oldest));
+            s.lag_records = end.saturating_sub(s.forwarded_offset.max(oldest));
         }
         s.lag_oldest_age_ms = if s.lag_records == 0 {
             None
@@ -272,10 +276,17 @@ impl UplinkStatus {
         });
     }
 
-    pub(crate) fn committed(&self, offset: u64, oldest_pending_ms: Option<i64>) {
+    pub(crate) fn committed(&self, offset: u64) {
         let mut g = self.lock();
         g.snap.committed_offset = offset;
-        g.oldest_pending_ms = oldest_pending_ms;
+        g.snap.forwarded_offset = g.snap.forwarded_offset.max(offset);
+    }
+
+    /// Everything below `offset` is forwarded (or skipped); nothing is pending.
+    pub(crate) fn progressed(&self, offset: u64) {
+        let mut g = self.lock();
+        g.snap.forwarded_offset = g.snap.forwarded_offset.max(offset);
+        g.oldest_pending_ms = None;
     }
 
     pub(crate) fn pending_from(&self, oldest_pending_ms: i64) {
