@@ -501,13 +501,38 @@ async fn broker_outage_backs_off_and_catches_up() {
         .await;
     assert_eq!(s.state, UplinkState::Connected);
     assert_eq!((s.lag_records, s.lag_oldest_age_ms), (0, None));
+
+    // The broker goes away while the uplink holds connections to it, and comes back.
+    drop(tansu);
+    let batch3: Vec<(i64, Event)> = (100..150)
+        .map(|i| {
+            (
+                TS0 + i,
+                event(&format!("sensors/s{}", i % 4), format!("v{i}").as_bytes()),
+            )
+        })
+        .collect();
+    append(&log, &batch3).await;
+    let s = up
+        .wait_for("backing off again", 30, |s| {
+            matches!(s.state, UplinkState::BackingOff { .. })
+        })
+        .await;
+    assert_eq!(s.committed_offset, 100);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tansu = Tansu::start(port, "sqlite://tansu.db", dir.path());
+    let s = up
+        .wait_for("caught up again", 60, |s| s.committed_offset == 150)
+        .await;
+    assert_eq!(s.state, UplinkState::Connected);
     up.stop().await;
-    let (recs, ok) = consume(&tansu.bootstrap(), "readings", 100, 30);
-    assert!(ok, "got {} of 100", recs.len());
+
+    let (recs, ok) = consume(&tansu.bootstrap(), "readings", 150, 30);
+    assert!(ok, "got {} of 150", recs.len());
     let mut offsets: Vec<u64> = recs.iter().map(offset_of).collect();
     offsets.sort_unstable();
     offsets.dedup();
-    assert_eq!(offsets, (0..100).collect::<Vec<u64>>());
+    assert_eq!(offsets, (0..150).collect::<Vec<u64>>());
     // Per MQTT topic (= key) the order of the buffer holds.
     let mut last: HashMap<String, u64> = HashMap::new();
     for r in &recs {
@@ -780,4 +805,51 @@ async fn mutual_tls_with_custom_ca() {
         recs.iter()
             .all(|r| header(r, "gateway_id") == Some("gw-test"))
     );
+}
+
+/// A backlog (as after an outage) is caught up in big batches; prints the rate.
+/// `IRONBRIDGE_UPLINK_BENCH_N` sets the number of records (default 20000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_catch_up_rate() {
+    if !have_kafka() {
+        return;
+    }
+    let n: usize = std::env::var("IRONBRIDGE_UPLINK_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tansu = Tansu::start(free_port(), "memory://tansu/", dir.path());
+    let bs = tansu.bootstrap();
+    create_topic(&bs, "backlog", 4);
+    let log = open_log(dir.path());
+    let payload = vec![b'7'; 100];
+    for chunk in 0..n.div_ceil(1000) {
+        let events: Vec<(i64, Event)> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| {
+                (
+                    TS0 + i as i64,
+                    event(&format!("plant/m{}/v", i % 50), &payload),
+                )
+            })
+            .collect();
+        append(&log, &events).await;
+    }
+    let mut config = base_config(bs.clone());
+    config.default_topic = "backlog".into();
+    let start = Instant::now();
+    let up = start_uplink(config, &log);
+    let s = up
+        .wait_for("backlog committed", 300, |s| s.committed_offset == n as u64)
+        .await;
+    let secs = start.elapsed().as_secs_f64();
+    up.stop().await;
+    eprintln!(
+        "uplink catch-up: {n} records ({} bytes) in {secs:.2}s = {:.0} records/s, {} produce requests",
+        s.forwarded_bytes,
+        n as f64 / secs,
+        s.produce_requests
+    );
+    let (recs, ok) = consume(&bs, "backlog", n, 120);
+    assert!(ok, "got {} of {n}", recs.len());
 }

@@ -627,11 +627,14 @@ impl Uplink {
         let t = self.timeout();
         let mut b = ClientBuilder::new(self.cfg.bootstrap_servers.clone())
             .client_id(self.cfg.client_id.as_str())
+            // rskafka retries forever by default. Its own retries (reconnects, leader moves)
+            // get a short deadline; past that the error comes back here, to the status and
+            // this loop's backoff.
             .backoff_config(BackoffConfig {
                 init_backoff: Duration::from_millis(self.cfg.retry_backoff_initial_ms.min(1_000)),
                 max_backoff: Duration::from_secs(1),
                 base: 2.,
-                deadline: Some(t.min(Duration::from_secs(5))),
+                deadline: Some(inner_deadline(&self.cfg)),
             });
         if let Some(tls) = &self.tls {
             b = b.tls_config(Arc::clone(tls));
@@ -804,6 +807,12 @@ impl Uplink {
         }
         Ok((out, missing, transient))
     }
+}
+
+/// Budget for rskafka's internal retries of one operation: a few quick retries, never more
+/// than the request timeout.
+fn inner_deadline(cfg: &UplinkConfig) -> Duration {
+    Duration::from_millis((4 * cfg.retry_backoff_initial_ms).clamp(1_000, 2_000)).min(cfg.request_timeout())
 }
 
 /// Where the first record not yet acknowledged is: chunks are in offset order per group.
