@@ -853,3 +853,31 @@ async fn backlog_catch_up_rate() {
     let (recs, ok) = consume(&bs, "backlog", n, 120);
     assert!(ok, "got {} of {n}", recs.len());
 }
+
+/// An idle uplink connects eagerly and notices when the broker goes away (for /healthz).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_uplink_reports_broker_reachability() {
+    if !have_kafka() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tansu = Tansu::start(free_port(), "memory://tansu/", dir.path());
+    let log = open_log(dir.path());
+    let mut config = base_config(tansu.bootstrap());
+    config.metadata_refresh_ms = 300;
+    let up = start_uplink(config, &log);
+    let s = up
+        .wait_for("connected while idle", 20, |s| {
+            s.state == UplinkState::Connected
+        })
+        .await;
+    assert!(s.is_healthy());
+    drop(tansu);
+    let s = up
+        .wait_for("broker loss noticed", 20, |s| {
+            matches!(s.state, UplinkState::BackingOff { .. })
+        })
+        .await;
+    assert!(!s.is_healthy());
+    up.stop().await;
+}

@@ -68,7 +68,8 @@ pub struct UplinkConfig {
     /// full jitter.
     pub retry_backoff_initial_ms: u64,
     pub retry_backoff_max_ms: u64,
-    /// How often partition counts are refreshed from the cluster's metadata.
+    /// How often partition counts are refreshed from the cluster's metadata (also how often an
+    /// idle uplink checks that Kafka is still reachable).
     pub metadata_refresh_ms: u64,
     /// How long a topic found missing (and not auto-created) is treated as missing before the
     /// uplink asks the cluster again. Records for it meanwhile are dead-lettered.
@@ -107,7 +108,7 @@ impl Default for UplinkConfig {
             request_timeout_ms: 30_000,
             retry_backoff_initial_ms: 200,
             retry_backoff_max_ms: 30_000,
-            metadata_refresh_ms: 300_000,
+            metadata_refresh_ms: 60_000,
             unknown_topic_retry_ms: 60_000,
             commit_interval_ms: 1_000,
             shutdown_grace_ms: 5_000,

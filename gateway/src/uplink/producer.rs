@@ -273,8 +273,14 @@ impl Uplink {
                     last_commit = Instant::now();
                 }
                 let commit_at = (done > committed).then(|| last_commit + interval);
-                // While idle, keep a connection (so the status tells whether Kafka is reachable).
-                let connect_at = self.session.is_none().then_some(next_connect);
+                // While idle, keep a connection and check it every `metadata_refresh_ms`, so the
+                // status tells whether Kafka is reachable.
+                let connect_at = match &self.session {
+                    None => Some(next_connect),
+                    Some(s) => {
+                        Some(s.refreshed + Duration::from_millis(self.cfg.metadata_refresh_ms))
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.wait() => {
                         if done > committed {
@@ -579,6 +585,7 @@ impl Uplink {
             Err(f) => {
                 let delay = self.backoff.next_delay();
                 self.record_failure(&f, delay);
+                self.session = None;
                 Instant::now() + delay
             }
         }
@@ -812,7 +819,8 @@ impl Uplink {
 /// Budget for rskafka's internal retries of one operation: a few quick retries, never more
 /// than the request timeout.
 fn inner_deadline(cfg: &UplinkConfig) -> Duration {
-    Duration::from_millis((4 * cfg.retry_backoff_initial_ms).clamp(1_000, 2_000)).min(cfg.request_timeout())
+    Duration::from_millis((4 * cfg.retry_backoff_initial_ms).clamp(1_000, 2_000))
+        .min(cfg.request_timeout())
 }
 
 /// Where the first record not yet acknowledged is: chunks are in offset order per group.
