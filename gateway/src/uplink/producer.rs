@@ -20,6 +20,7 @@ use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::record::Record;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
@@ -497,10 +498,14 @@ impl Uplink {
                     .filter_map(|g| {
                         let key = (Arc::clone(&g.topic), g.partition);
                         let pc = clients.get(&key).cloned()?;
+                        let produce = move |records: Vec<Record>| {
+                            let pc = Arc::clone(&pc);
+                            async move { pc.produce(records, compression).await }
+                        };
                         Some(async move {
                             (
                                 key,
-                                deliver_group(g, pc, status, compression, request_timeout).await,
+                                deliver_group(g, produce, status, request_timeout).await,
                             )
                         })
                     });
@@ -889,18 +894,21 @@ async fn probe(
     }
 }
 
-/// Sends a group's chunks in order over its partition client.
-async fn deliver_group(
+/// Sends a group's chunks in order with `produce` (a partition client's, or a fake in tests).
+async fn deliver_group<P, F>(
     g: &mut Group,
-    pc: Arc<PartitionClient>,
+    produce: P,
     status: &UplinkStatus,
-    compression: Compression,
     request_timeout: Duration,
-) -> GroupResult {
+) -> GroupResult
+where
+    P: Fn(Vec<Record>) -> F,
+    F: Future<Output = Result<Vec<i64>, KafkaError>>,
+{
     while let Some(chunk) = g.chunks.front() {
         let records = chunk.iter().map(|b| b.record.clone()).collect();
         status.request();
-        let r = timeout(request_timeout, pc.produce(records, compression)).await;
+        let r = timeout(request_timeout, produce(records)).await;
         match r {
             Err(_) => {
                 return GroupResult::Transient(format!(
@@ -967,6 +975,147 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    fn built(offset: u64, value: &str) -> Built {
+        let record = Record {
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: Default::default(),
+            timestamp: crate::uplink::route::timestamp(0),
+        };
+        Built {
+            offset,
+            topic: Arc::from("t"),
+            hash: 0,
+            size: record.approximate_size(),
+            record,
+            origin: super::super::route::Origin::Default,
+        }
+    }
+
+    fn server_error(e: ProtocolError) -> KafkaError {
+        KafkaError::ServerError {
+            protocol_error: e,
+            error_message: None,
+            request: rskafka::client::error::RequestContext::Partition("t".into(), 0),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    fn group(values: &[&str], per_chunk: usize) -> Group {
+        let mut chunks = VecDeque::new();
+        let all: Vec<Built> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| built(i as u64, v))
+            .collect();
+        for c in all.chunks(per_chunk) {
+            chunks.push_back(c.to_vec());
+        }
+        Group {
+            topic: Arc::from("t"),
+            partition: 0,
+            chunks,
+        }
+    }
+
+    fn values(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect()
+    }
+
+    /// A broker that rejects any request holding a "BAD" record as too large, and the
+    /// sequence of requests it saw.
+    #[tokio::test]
+    async fn too_large_requests_are_split_until_the_culprit_is_dead_lettered() {
+        let seen = std::sync::Mutex::new(Vec::<Vec<String>>::new());
+        let produce = |records: Vec<Record>| {
+            let v = values(&records);
+            let bad = v.iter().any(|s| s == "BAD");
+            seen.lock().expect("lock").push(v);
+            async move {
+                if bad {
+                    Err(server_error(ProtocolError::MessageTooLarge))
+                } else {
+                    Ok((0..records.len() as i64).collect())
+                }
+            }
+        };
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b", "c", "d", "BAD", "f", "g", "h"], 8);
+        let r = deliver_group(&mut g, produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert!(g.chunks.is_empty());
+        let s = status.snapshot();
+        assert_eq!((s.forwarded_records, s.dead_lettered), (7, 1));
+        assert_eq!(s.last_dead_letter.map(|d| d.buffer_offset), Some(4));
+        // Everything that was accepted went in offset order.
+        let accepted: Vec<String> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|v| !v.iter().any(|s| s == "BAD"))
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(accepted, ["a", "b", "c", "d", "f", "g", "h"]);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_keep_the_rest_in_order_for_the_next_round() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let produce = |records: Vec<Record>| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 1 {
+                    Err(server_error(ProtocolError::NotLeaderOrFollower))
+                } else {
+                    Ok((0..records.len() as i64).collect())
+                }
+            }
+        };
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b", "c", "d", "e", "f"], 2);
+        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Transient(_)));
+        // The first chunk went; the second failed and stays first in line.
+        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        assert_eq!(left, [2, 3, 4, 5]);
+        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert_eq!(status.snapshot().forwarded_records, 6);
+    }
+
+    #[tokio::test]
+    async fn unknown_topic_and_rejected_topic() {
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b"], 1);
+        let missing = |_r: Vec<Record>| async {
+            Err::<Vec<i64>, _>(server_error(ProtocolError::UnknownTopicOrPartition))
+        };
+        let r = deliver_group(&mut g, missing, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::TopicMissing(_)));
+        assert_eq!(g.chunks.len(), 2);
+        let denied = |_r: Vec<Record>| async {
+            Err::<Vec<i64>, _>(server_error(ProtocolError::TopicAuthorizationFailed))
+        };
+        let r = deliver_group(&mut g, denied, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert_eq!(status.snapshot().dead_lettered, 2);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_request_times_out_as_transient() {
+        let status = UplinkStatus::new();
+        let mut g = group(&["a"], 1);
+        let hang = |_r: Vec<Record>| std::future::pending::<Result<Vec<i64>, KafkaError>>();
+        let r = deliver_group(&mut g, hang, &status, Duration::from_millis(50)).await;
+        assert!(matches!(r, GroupResult::Transient(m) if m.contains("timed out")));
+        assert_eq!(g.chunks.len(), 1);
     }
 
     #[test]
