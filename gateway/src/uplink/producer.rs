@@ -1,0 +1,1127 @@
+//! The producer loop: buffer batches → routed records → one produce per (topic, partition) →
+//! cursor commit once everything up to it was acknowledged.
+//!
+//! Ordering: a batch is finished (every record acknowledged or dead-lettered) before the next
+//! one is read, and within a batch each partition has at most one produce request in flight,
+//! its chunks sent in offset order. So a later record never overtakes an earlier,
+//! unacknowledged one on the same partition, across retries, reconnects and restarts.
+//! Memory is bounded by one batch (`batch_max_records` / `batch_max_bytes`) plus its Kafka
+//! records, whatever the backlog.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_buffer::{Log, Reader, StoredRecord};
+use rand::Rng;
+use rskafka::BackoffConfig;
+use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::record::Record;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use super::UplinkError;
+use super::config::{SaslMechanism, UplinkConfig};
+use super::route::{Built, Routed, Router};
+use super::status::{UplinkState, UplinkStatus};
+use crate::event::Event;
+
+/// A shutdown signal that may be awaited many times.
+pub(crate) struct Shutdown {
+    fut: Pin<Box<dyn Future<Output = ()> + Send>>,
+    fired: bool,
+}
+
+impl Shutdown {
+    pub(crate) fn new(fut: impl Future<Output = ()> + Send + 'static) -> Self {
+        Shutdown {
+            fut: Box::pin(fut),
+            fired: false,
+        }
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        if !self.fired {
+            (&mut self.fut).await;
+            self.fired = true;
+        }
+    }
+}
+
+/// Exponential backoff, doubling from `initial` up to `max`, with "equal jitter": a delay is
+/// uniformly drawn from [cap/2, cap], so retries of many gateways spread out but never collapse
+/// to zero.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            failures: 0,
+        }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        let half = cap / 2;
+        let jitter = rand::rng().random_range(0..=half.as_micros() as u64);
+        half + Duration::from_micros(jitter)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// A failed Kafka operation.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    /// Needs an operator (credentials, certificates, ACLs) rather than patience.
+    attention: bool,
+}
+
+impl Failure {
+    fn new(message: String) -> Self {
+        let m = message.to_ascii_lowercase();
+        let attention = [
+            "sasl",
+            "certificate",
+            "authoriz",
+            "authenticat",
+            "tls",
+            "handshake",
+        ]
+        .iter()
+        .any(|w| m.contains(w));
+        Failure { message, attention }
+    }
+}
+
+/// The error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = e.source();
+    }
+    s
+}
+
+/// What a produce error means for the records of the request.
+enum ProduceVerdict {
+    /// The broker will never take these records as they are (too large, invalid): split the
+    /// request, dead-letter single records.
+    Reject(String),
+    /// The topic or partition is unknown to the broker: check the metadata.
+    TopicMissing(String),
+    /// The topic exists but may not be written (invalid name, not authorized): dead-letter.
+    TopicRejected(String),
+    Transient(String),
+}
+
+fn classify(e: &KafkaError) -> ProduceVerdict {
+    let msg = chain(e);
+    match e {
+        KafkaError::ServerError { protocol_error, .. } => match protocol_error {
+            ProtocolError::MessageTooLarge
+            | ProtocolError::RecordListTooLarge
+            | ProtocolError::InvalidRecord
+            | ProtocolError::InvalidTimestamp
+            | ProtocolError::CorruptMessage => ProduceVerdict::Reject(msg),
+            ProtocolError::UnknownTopicOrPartition => ProduceVerdict::TopicMissing(msg),
+            ProtocolError::InvalidTopicException | ProtocolError::TopicAuthorizationFailed => {
+                ProduceVerdict::TopicRejected(msg)
+            }
+            _ => ProduceVerdict::Transient(msg),
+        },
+        _ => ProduceVerdict::Transient(msg),
+    }
+}
+
+/// How a topic resolved against the cluster metadata.
+#[derive(Debug, Clone)]
+enum Resolution {
+    Partitions(i32),
+    Missing(String),
+}
+
+struct Session {
+    client: Client,
+    partitions: HashMap<Arc<str>, i32>,
+    refreshed: Instant,
+    clients: HashMap<(Arc<str>, i32), Arc<PartitionClient>>,
+    /// Topics found missing, with when to ask again.
+    missing: HashMap<Arc<str>, (Instant, String)>,
+}
+
+/// Records of one (topic, partition) in offset order, in request-sized chunks.
+struct Group {
+    topic: Arc<str>,
+    partition: i32,
+    chunks: VecDeque<Vec<Built>>,
+}
+
+enum GroupResult {
+    Done,
+    TopicMissing(String),
+    Transient(String),
+}
+
+/// Why `deliver` stopped before the batch was done.
+struct Interrupted {
+    /// Every offset below this was acknowledged or skipped.
+    done: u64,
+}
+
+pub(crate) struct Uplink {
+    cfg: UplinkConfig,
+    log: Arc<Log>,
+    status: Arc<UplinkStatus>,
+    router: Router,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    compression: Compression,
+    session: Option<Session>,
+    backoff: Backoff,
+    /// Consecutive failed rounds; the session is rebuilt after a few.
+    failed_rounds: u32,
+}
+
+impl Uplink {
+    pub(crate) fn new(
+        cfg: UplinkConfig,
+        log: Arc<Log>,
+        status: Arc<UplinkStatus>,
+        router: Router,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let backoff = Backoff::new(
+            Duration::from_millis(cfg.retry_backoff_initial_ms),
+            Duration::from_millis(cfg.retry_backoff_max_ms),
+        );
+        let compression = cfg.compression.to_rskafka();
+        Uplink {
+            cfg,
+            log,
+            status,
+            router,
+            tls,
+            compression,
+            session: None,
+            backoff,
+            failed_rounds: 0,
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.cfg.request_timeout()
+    }
+
+    async fn commit(&self, next_offset: u64) -> Result<(), UplinkError> {
+        let log = Arc::clone(&self.log);
+        let name = self.cfg.consumer.clone();
+        tokio::task::spawn_blocking(move || log.commit(&name, next_offset))
+            .await
+            .map_err(|e| UplinkError::Internal(format!("commit task failed: {e}")))??;
+        self.status.committed(next_offset);
+        debug!(next_offset, "uplink cursor committed");
+        Ok(())
+    }
+
+    /// The loop; returns once `shutdown` fired (or the log closed) and the cursor is committed.
+    pub(crate) async fn run(mut self, mut shutdown: Shutdown) -> Result<(), UplinkError> {
+        let mut reader: Reader = self.log.reader_for(&self.cfg.consumer)?;
+        let mut committed = self
+            .log
+            .cursor(&self.cfg.consumer)?
+            .unwrap_or(reader.next_offset());
+        let mut done = reader.next_offset().max(committed);
+        self.status.committed(committed);
+        let interval = Duration::from_millis(self.cfg.commit_interval_ms);
+        let mut last_commit = Instant::now();
+        let mut next_connect = Instant::now();
+        self.status.set_state(UplinkState::Connecting);
+        loop {
+            // Wait for records; commit finished work when idle (at most once per interval).
+            let first = loop {
+                let recs =
+                    reader.read_batch(self.cfg.batch_max_records, self.cfg.batch_max_bytes)?;
+                if !recs.is_empty() {
+                    break recs;
+                }
+                if done > committed && last_commit.elapsed() >= interval {
+                    self.commit(done).await?;
+                    committed = done;
+                    last_commit = Instant::now();
+                }
+                let commit_at = (done > committed).then(|| last_commit + interval);
+                // While idle, keep a connection and check it every `metadata_refresh_ms`, so the
+                // status tells whether Kafka is reachable.
+                let connect_at = match &self.session {
+                    None => Some(next_connect),
+                    Some(s) => {
+                        Some(s.refreshed + Duration::from_millis(self.cfg.metadata_refresh_ms))
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.wait() => {
+                        if done > committed {
+                            self.commit(done).await?;
+                        }
+                        return Ok(());
+                    }
+                    r = reader.wait() => match r {
+                        Ok(()) => {}
+                        Err(edge_buffer::Error::Closed) => {
+                            if done > committed {
+                                self.commit(done).await?;
+                            }
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    _ = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
+                    _ = sleep_until(connect_at.unwrap_or_else(Instant::now)), if connect_at.is_some() => {
+                        next_connect = self.connect_idle(&mut shutdown).await;
+                    }
+                }
+            };
+            let batch = self.linger(&mut reader, first).await?;
+            self.status.missed(reader.missed());
+            let (Some(head), Some(tail)) = (batch.first(), batch.last()) else {
+                continue;
+            };
+            self.status.pending_from(head.timestamp_ms);
+            let end = tail.offset + 1;
+            match self.deliver(batch, &mut shutdown).await? {
+                Ok(()) => {
+                    done = end;
+                    self.status.progressed(done);
+                }
+                Err(Interrupted { done: d }) => {
+                    if d > committed {
+                        self.commit(d).await?;
+                    }
+                    return Ok(());
+                }
+            }
+            if last_commit.elapsed() >= interval {
+                self.commit(done).await?;
+                committed = done;
+                last_commit = Instant::now();
+            }
+        }
+    }
+
+    /// Tops up a batch for up to `linger_ms` while it is not full.
+    async fn linger(
+        &self,
+        reader: &mut Reader,
+        mut batch: Vec<StoredRecord>,
+    ) -> Result<Vec<StoredRecord>, UplinkError> {
+        let max_records = self.cfg.batch_max_records;
+        let max_bytes = self.cfg.batch_max_bytes;
+        let mut bytes: usize = batch.iter().map(|r| r.payload.len()).sum();
+        if self.cfg.linger_ms == 0 {
+            return Ok(batch);
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.linger_ms);
+        while batch.len() < max_records && bytes < max_bytes {
+            tokio::select! {
+                _ = sleep_until(deadline) => break,
+                r = reader.wait() => match r {
+                    Ok(()) => {}
+                    Err(edge_buffer::Error::Closed) => break,
+                    Err(e) => return Err(e.into()),
+                },
+            }
+            let more = reader.read_batch(max_records - batch.len(), max_bytes - bytes)?;
+            bytes += more.iter().map(|r| r.payload.len()).sum::<usize>();
+            batch.extend(more);
+        }
+        Ok(batch)
+    }
+
+    /// Delivers one batch. `Ok(Ok(()))`: every record acknowledged or dead-lettered.
+    async fn deliver(
+        &mut self,
+        batch: Vec<StoredRecord>,
+        shutdown: &mut Shutdown,
+    ) -> Result<Result<(), Interrupted>, UplinkError> {
+        let start = batch.first().map(|r| r.offset).unwrap_or(0);
+        let mut built: Vec<Built> = Vec::with_capacity(batch.len());
+        for rec in &batch {
+            let event = match Event::decode(&rec.payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.dead_letter(rec.offset, "", &format!("undecodable buffer record: {e}"));
+                    continue;
+                }
+            };
+            match self.router.route(&event, rec.offset, rec.timestamp_ms) {
+                Routed::Dropped => self.status.dropped_unmatched(1),
+                Routed::Records(v) => {
+                    for b in v {
+                        if b.size > self.cfg.max_record_bytes {
+                            let reason = format!(
+                                "record of {} bytes exceeds max_record_bytes ({})",
+                                b.size, self.cfg.max_record_bytes
+                            );
+                            self.dead_letter(b.offset, &b.topic, &reason);
+                        } else {
+                            built.push(b);
+                        }
+                    }
+                }
+            }
+        }
+        drop(batch);
+        if built.is_empty() {
+            return Ok(Ok(()));
+        }
+
+        // Resolve the topics (partition counts), retrying until the cluster answers.
+        let mut topics: Vec<Arc<str>> = Vec::new();
+        for b in &built {
+            if !topics.contains(&b.topic) {
+                topics.push(Arc::clone(&b.topic));
+            }
+        }
+        let resolved = loop {
+            if shutdown.fired {
+                return Ok(Err(Interrupted { done: start }));
+            }
+            let r = tokio::select! {
+                r = self.resolve(&topics) => r,
+                _ = shutdown.wait() => return Ok(Err(Interrupted { done: start })),
+            };
+            match r {
+                Ok(r) => break r,
+                Err(f) => {
+                    if self.fail(f, shutdown).await {
+                        return Ok(Err(Interrupted { done: start }));
+                    }
+                }
+            }
+        };
+
+        // Partition and chunk.
+        let mut groups: Vec<Group> = Vec::new();
+        let mut index: HashMap<(Arc<str>, i32), usize> = HashMap::new();
+        for b in built {
+            let n = match resolved.get(&b.topic) {
+                Some(Resolution::Partitions(n)) => *n,
+                Some(Resolution::Missing(reason)) => {
+                    self.dead_letter(b.offset, &b.topic, reason);
+                    continue;
+                }
+                None => {
+                    self.dead_letter(b.offset, &b.topic, "topic was not resolved");
+                    continue;
+                }
+            };
+            let partition = (b.hash % n.max(1) as u32) as i32;
+            let i = *index
+                .entry((Arc::clone(&b.topic), partition))
+                .or_insert_with(|| {
+                    groups.push(Group {
+                        topic: Arc::clone(&b.topic),
+                        partition,
+                        chunks: VecDeque::new(),
+                    });
+                    groups.len() - 1
+                });
+            let g = &mut groups[i];
+            let fits = g.chunks.back().is_some_and(|c| {
+                c.iter().map(|x| x.size).sum::<usize>() + b.size <= self.cfg.max_request_bytes
+            });
+            match g.chunks.back_mut() {
+                Some(c) if fits => c.push(b),
+                _ => g.chunks.push_back(vec![b]),
+            }
+        }
+
+        // Delivery rounds: every group with work sends its chunks in order; failures are retried
+        // after a backoff, the groups that succeeded are not sent again.
+        loop {
+            if groups.iter().all(|g| g.chunks.is_empty()) {
+                self.backoff.reset();
+                self.failed_rounds = 0;
+                return Ok(Ok(()));
+            }
+            if shutdown.fired {
+                return Ok(Err(Interrupted {
+                    done: pending_start(&groups).unwrap_or(start),
+                }));
+            }
+            let acquired = tokio::select! {
+                r = self.partition_clients(&groups) => r,
+                _ = shutdown.wait() => Err(Failure::new("shutting down".into())),
+            };
+            let (clients, mut missing, mut transient) = match acquired {
+                Ok(a) => a,
+                Err(f) => {
+                    if shutdown.fired || self.fail(f, shutdown).await {
+                        return Ok(Err(Interrupted {
+                            done: pending_start(&groups).unwrap_or(start),
+                        }));
+                    }
+                    continue;
+                }
+            };
+            let results = {
+                let status = &self.status;
+                let compression = self.compression;
+                let request_timeout = self.timeout();
+                let work = groups
+                    .iter_mut()
+                    .filter(|g| !g.chunks.is_empty())
+                    .filter_map(|g| {
+                        let key = (Arc::clone(&g.topic), g.partition);
+                        let pc = clients.get(&key).cloned()?;
+                        let produce = move |records: Vec<Record>| {
+                            let pc = Arc::clone(&pc);
+                            async move { pc.produce(records, compression).await }
+                        };
+                        Some(async move {
+                            (
+                                key,
+                                deliver_group(g, produce, status, request_timeout).await,
+                            )
+                        })
+                    });
+                let mut all = std::pin::pin!(futures::future::join_all(work));
+                tokio::select! {
+                    r = &mut all => r,
+                    _ = shutdown.wait() => {
+                        // Let the in-flight requests finish within the grace period.
+                        let grace = Duration::from_millis(self.cfg.shutdown_grace_ms);
+                        match timeout(grace, &mut all).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                warn!("uplink shutdown: in-flight produce requests did not finish in time");
+                                Vec::new()
+                            }
+                        }
+                    }
+                }
+            };
+            for (key, r) in results {
+                match r {
+                    GroupResult::Done => {}
+                    GroupResult::TopicMissing(m) => {
+                        if !missing.iter().any(|(t, _)| *t == key.0) {
+                            missing.push((Arc::clone(&key.0), m));
+                        }
+                    }
+                    GroupResult::Transient(m) => {
+                        if let Some(s) = self.session.as_mut() {
+                            s.clients.remove(&key);
+                        }
+                        transient.get_or_insert(m);
+                    }
+                }
+            }
+            for (topic, message) in missing {
+                match self.check_missing(&topic).await {
+                    Ok(Some(reason)) => {
+                        for g in groups.iter_mut().filter(|g| g.topic == topic) {
+                            for b in g.chunks.drain(..).flatten() {
+                                self.status.dead_letter(b.offset, &b.topic, &reason);
+                                warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        transient.get_or_insert(message);
+                    }
+                    Err(f) => {
+                        transient.get_or_insert(f.message);
+                    }
+                }
+            }
+            if shutdown.fired {
+                continue;
+            }
+            if let Some(m) = transient {
+                if self.fail(Failure::new(m), shutdown).await {
+                    return Ok(Err(Interrupted {
+                        done: pending_start(&groups).unwrap_or(start),
+                    }));
+                }
+            } else {
+                self.status.set_state(UplinkState::Connected);
+            }
+        }
+    }
+
+    /// One connection attempt while there is nothing to send; returns when to try again.
+    async fn connect_idle(&mut self, shutdown: &mut Shutdown) -> Instant {
+        let r = tokio::select! {
+            r = self.session() => r.map(|_| ()),
+            _ = shutdown.wait() => return Instant::now(),
+        };
+        match r {
+            Ok(()) => {
+                self.backoff.reset();
+                self.failed_rounds = 0;
+                self.status.set_state(UplinkState::Connected);
+                Instant::now()
+            }
+            Err(f) => {
+                let delay = self.backoff.next_delay();
+                self.record_failure(&f, delay);
+                self.session = None;
+                Instant::now() + delay
+            }
+        }
+    }
+
+    fn record_failure(&mut self, f: &Failure, delay: Duration) {
+        self.failed_rounds += 1;
+        self.status.retry();
+        self.status.error(f.message.clone());
+        let retry_in_ms = delay.as_millis() as u64;
+        let state = if f.attention {
+            UplinkState::Error {
+                reason: f.message.clone(),
+                retry_in_ms,
+            }
+        } else {
+            UplinkState::BackingOff {
+                reason: f.message.clone(),
+                retry_in_ms,
+            }
+        };
+        self.status.set_state(state);
+        warn!(error = %f.message, retry_in_ms, "uplink: Kafka request failed; backing off");
+        if self.failed_rounds >= 3 {
+            // Start over from the bootstrap servers: new connections, fresh metadata.
+            self.session = None;
+        }
+    }
+
+    fn dead_letter(&self, offset: u64, topic: &str, reason: &str) {
+        warn!(offset, topic, reason, "uplink dead-lettered a record");
+        self.status.dead_letter(offset, topic, reason);
+    }
+
+    /// Records a failure, backs off (unless shut down meanwhile). Returns true on shutdown.
+    async fn fail(&mut self, f: Failure, shutdown: &mut Shutdown) -> bool {
+        let delay = self.backoff.next_delay();
+        self.record_failure(&f, delay);
+        tokio::select! {
+            _ = sleep(delay) => false,
+            _ = shutdown.wait() => true,
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, Failure> {
+        let t = self.timeout();
+        let mut b = ClientBuilder::new(self.cfg.bootstrap_servers.clone())
+            .client_id(self.cfg.client_id.as_str())
+            // rskafka retries forever by default. Its own retries (reconnects, leader moves)
+            // get a short deadline; past that the error comes back here, to the status and
+            // this loop's backoff.
+            .backoff_config(BackoffConfig {
+                init_backoff: Duration::from_millis(self.cfg.retry_backoff_initial_ms.min(1_000)),
+                max_backoff: Duration::from_secs(1),
+                base: 2.,
+                deadline: Some(inner_deadline(&self.cfg)),
+            });
+        if let Some(tls) = &self.tls {
+            b = b.tls_config(Arc::clone(tls));
+        }
+        if let Some(s) = &self.cfg.sasl {
+            let c = Credentials::new(s.username.clone(), s.password.clone());
+            b = b.sasl_config(match s.mechanism {
+                SaslMechanism::Plain => SaslConfig::Plain(c),
+                SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(c),
+                SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(c),
+            });
+        }
+        let client = match timeout(t, b.build()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(Failure::new(format!("connecting to Kafka: {}", chain(&e)))),
+            Err(_) => {
+                return Err(Failure::new(format!(
+                    "connecting to Kafka timed out after {t:?}"
+                )));
+            }
+        };
+        let mut s = Session {
+            client,
+            partitions: HashMap::new(),
+            refreshed: Instant::now(),
+            clients: HashMap::new(),
+            missing: HashMap::new(),
+        };
+        refresh(&mut s, t).await?;
+        info!(brokers = ?self.cfg.bootstrap_servers, "uplink connected to Kafka");
+        Ok(s)
+    }
+
+    async fn session(&mut self) -> Result<&mut Session, Failure> {
+        let refresh_every = Duration::from_millis(self.cfg.metadata_refresh_ms);
+        let t = self.timeout();
+        match &mut self.session {
+            Some(s) => {
+                if s.refreshed.elapsed() >= refresh_every {
+                    refresh(s, t).await?;
+                }
+            }
+            None => {
+                if !matches!(
+                    self.status.state(),
+                    UplinkState::BackingOff { .. } | UplinkState::Error { .. }
+                ) {
+                    self.status.set_state(UplinkState::Connecting);
+                }
+                self.session = Some(self.connect().await?);
+            }
+        }
+        self.session
+            .as_mut()
+            .ok_or_else(|| Failure::new("no Kafka session".into()))
+    }
+
+    /// Partition counts for `topics`; a topic the cluster does not have (and does not create
+    /// on request) resolves to `Missing`.
+    async fn resolve(
+        &mut self,
+        topics: &[Arc<str>],
+    ) -> Result<HashMap<Arc<str>, Resolution>, Failure> {
+        let t = self.timeout();
+        let retry_missing = Duration::from_millis(self.cfg.unknown_topic_retry_ms);
+        let s = self.session().await?;
+        let mut out = HashMap::new();
+        let mut refreshed = false;
+        for topic in topics {
+            if let Some(n) = s.partitions.get(topic) {
+                out.insert(Arc::clone(topic), Resolution::Partitions(*n));
+                continue;
+            }
+            if let Some((until, reason)) = s.missing.get(topic)
+                && Instant::now() < *until
+            {
+                out.insert(Arc::clone(topic), Resolution::Missing(reason.clone()));
+                continue;
+            }
+            if !refreshed {
+                refresh(s, t).await?;
+                refreshed = true;
+                if let Some(n) = s.partitions.get(topic) {
+                    out.insert(Arc::clone(topic), Resolution::Partitions(*n));
+                    continue;
+                }
+            }
+            let r = probe(s, topic, t, retry_missing).await?;
+            out.insert(Arc::clone(topic), r);
+        }
+        Ok(out)
+    }
+
+    /// After UnknownTopicOrPartition on produce: `Some(reason)` if the topic is really gone.
+    async fn check_missing(&mut self, topic: &Arc<str>) -> Result<Option<String>, Failure> {
+        let t = self.timeout();
+        let retry_missing = Duration::from_millis(self.cfg.unknown_topic_retry_ms);
+        let s = self.session().await?;
+        refresh(s, t).await?;
+        if s.partitions.contains_key(topic) {
+            return Ok(None);
+        }
+        Ok(match probe(s, topic, t, retry_missing).await? {
+            Resolution::Partitions(_) => None,
+            Resolution::Missing(reason) => Some(reason),
+        })
+    }
+
+    /// Partition clients for the groups with work. Besides the clients: topics the broker
+    /// said it does not know, and the first other failure (those groups wait for the next round).
+    #[allow(clippy::type_complexity)]
+    async fn partition_clients(
+        &mut self,
+        groups: &[Group],
+    ) -> Result<
+        (
+            HashMap<(Arc<str>, i32), Arc<PartitionClient>>,
+            Vec<(Arc<str>, String)>,
+            Option<String>,
+        ),
+        Failure,
+    > {
+        let t = self.timeout();
+        let s = self.session().await?;
+        let mut out = HashMap::new();
+        let mut missing: Vec<(Arc<str>, String)> = Vec::new();
+        let mut transient = None;
+        for g in groups.iter().filter(|g| !g.chunks.is_empty()) {
+            let key = (Arc::clone(&g.topic), g.partition);
+            if let Some(pc) = s.clients.get(&key) {
+                out.insert(key, Arc::clone(pc));
+                continue;
+            }
+            if missing.iter().any(|(t, _)| *t == g.topic) {
+                continue;
+            }
+            let r = timeout(
+                t,
+                s.client.partition_client(
+                    g.topic.to_string(),
+                    g.partition,
+                    UnknownTopicHandling::Error,
+                ),
+            )
+            .await;
+            match r {
+                Ok(Ok(pc)) => {
+                    let pc = Arc::new(pc);
+                    s.clients.insert(key.clone(), Arc::clone(&pc));
+                    out.insert(key, pc);
+                }
+                Ok(Err(e)) => match classify(&e) {
+                    ProduceVerdict::TopicMissing(m) | ProduceVerdict::TopicRejected(m) => {
+                        missing.push((Arc::clone(&g.topic), m));
+                    }
+                    ProduceVerdict::Reject(m) | ProduceVerdict::Transient(m) => {
+                        transient.get_or_insert(format!(
+                            "finding the leader of {}/{}: {m}",
+                            g.topic, g.partition
+                        ));
+                    }
+                },
+                Err(_) => {
+                    transient.get_or_insert(format!(
+                        "finding the leader of {}/{} timed out after {t:?}",
+                        g.topic, g.partition
+                    ));
+                }
+            }
+        }
+        Ok((out, missing, transient))
+    }
+}
+
+/// Budget for rskafka's internal retries of one operation: a few quick retries, never more
+/// than the request timeout.
+fn inner_deadline(cfg: &UplinkConfig) -> Duration {
+    Duration::from_millis((4 * cfg.retry_backoff_initial_ms).clamp(1_000, 2_000))
+        .min(cfg.request_timeout())
+}
+
+/// Where the first record not yet acknowledged is: chunks are in offset order per group.
+fn pending_start(groups: &[Group]) -> Option<u64> {
+    groups
+        .iter()
+        .filter_map(|g| g.chunks.front().and_then(|c| c.first()).map(|b| b.offset))
+        .min()
+}
+
+/// Reloads partition counts of all topics.
+async fn refresh(s: &mut Session, t: Duration) -> Result<(), Failure> {
+    let topics = timeout(t, s.client.list_topics())
+        .await
+        .map_err(|_| Failure::new(format!("reading Kafka metadata timed out after {t:?}")))?
+        .map_err(|e| Failure::new(format!("reading Kafka metadata: {}", chain(&e))))?;
+    s.partitions = topics
+        .into_iter()
+        .filter(|t| !t.partitions.is_empty())
+        .map(|t| (Arc::from(t.name.as_str()), t.partitions.len() as i32))
+        .collect();
+    s.refreshed = Instant::now();
+    Ok(())
+}
+
+/// Asks for a topic that the metadata does not list: a metadata request for it lets brokers
+/// with `auto.create.topics.enable` create it.
+async fn probe(
+    s: &mut Session,
+    topic: &Arc<str>,
+    t: Duration,
+    retry_missing: Duration,
+) -> Result<Resolution, Failure> {
+    let r = timeout(
+        t,
+        s.client
+            .partition_client(topic.to_string(), 0, UnknownTopicHandling::Error),
+    )
+    .await
+    .map_err(|_| Failure::new(format!("looking up topic {topic} timed out after {t:?}")))?;
+    match r {
+        Ok(pc) => {
+            s.clients.insert((Arc::clone(topic), 0), Arc::new(pc));
+            refresh(s, t).await?;
+            match s.partitions.get(topic) {
+                Some(n) => Ok(Resolution::Partitions(*n)),
+                None => Err(Failure::new(format!(
+                    "topic {topic} has a leader but is not listed in the metadata yet"
+                ))),
+            }
+        }
+        Err(e) => match classify(&e) {
+            ProduceVerdict::TopicMissing(m) | ProduceVerdict::TopicRejected(m) => {
+                let reason = format!("topic {topic} does not exist or may not be used: {m}");
+                warn!(%topic, %reason, "uplink: records for this topic are dead-lettered");
+                s.missing.insert(
+                    Arc::clone(topic),
+                    (Instant::now() + retry_missing, reason.clone()),
+                );
+                Ok(Resolution::Missing(reason))
+            }
+            ProduceVerdict::Reject(m) | ProduceVerdict::Transient(m) => {
+                Err(Failure::new(format!("looking up topic {topic}: {m}")))
+            }
+        },
+    }
+}
+
+/// Sends a group's chunks in order with `produce` (a partition client's, or a fake in tests).
+async fn deliver_group<P, F>(
+    g: &mut Group,
+    produce: P,
+    status: &UplinkStatus,
+    request_timeout: Duration,
+) -> GroupResult
+where
+    P: Fn(Vec<Record>) -> F,
+    F: Future<Output = Result<Vec<i64>, KafkaError>>,
+{
+    while let Some(chunk) = g.chunks.front() {
+        let records = chunk.iter().map(|b| b.record.clone()).collect();
+        status.request();
+        let r = timeout(request_timeout, produce(records)).await;
+        match r {
+            Err(_) => {
+                return GroupResult::Transient(format!(
+                    "produce to {}/{} timed out after {request_timeout:?}",
+                    g.topic, g.partition
+                ));
+            }
+            Ok(Ok(_)) => {
+                if let Some(chunk) = g.chunks.pop_front() {
+                    for b in &chunk {
+                        status.forwarded(b.origin, 1, b.size as u64);
+                    }
+                }
+            }
+            Ok(Err(e)) => match classify(&e) {
+                ProduceVerdict::Reject(m) => {
+                    let Some(mut chunk) = g.chunks.pop_front() else {
+                        continue;
+                    };
+                    if chunk.len() > 1 {
+                        // Find the culprit: retry both halves, in order.
+                        let second = chunk.split_off(chunk.len() / 2);
+                        g.chunks.push_front(second);
+                        g.chunks.push_front(chunk);
+                    } else {
+                        for b in chunk {
+                            let reason = format!("rejected by the broker: {m}");
+                            warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                            status.dead_letter(b.offset, &b.topic, &reason);
+                        }
+                    }
+                }
+                ProduceVerdict::TopicRejected(m) => {
+                    let reason = format!("topic {} rejected the records: {m}", g.topic);
+                    for b in g.chunks.drain(..).flatten() {
+                        warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                        status.dead_letter(b.offset, &b.topic, &reason);
+                    }
+                }
+                ProduceVerdict::TopicMissing(m) => return GroupResult::TopicMissing(m),
+                ProduceVerdict::Transient(m) => {
+                    return GroupResult::Transient(format!(
+                        "produce to {}/{}: {m}",
+                        g.topic, g.partition
+                    ));
+                }
+            },
+        }
+    }
+    GroupResult::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_max() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let caps = [100u64, 200, 400, 800, 1000, 1000, 1000];
+        for cap in caps {
+            let d = b.next_delay().as_millis() as u64;
+            assert!(d >= cap / 2 && d <= cap, "delay {d} for cap {cap}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    fn built(offset: u64, value: &str) -> Built {
+        let record = Record {
+            key: None,
+            value: Some(value.as_bytes().to_vec()),
+            headers: Default::default(),
+            timestamp: crate::uplink::route::timestamp(0),
+        };
+        Built {
+            offset,
+            topic: Arc::from("t"),
+            hash: 0,
+            size: record.approximate_size(),
+            record,
+            origin: super::super::route::Origin::Default,
+        }
+    }
+
+    fn server_error(e: ProtocolError) -> KafkaError {
+        KafkaError::ServerError {
+            protocol_error: e,
+            error_message: None,
+            request: rskafka::client::error::RequestContext::Partition("t".into(), 0),
+            response: None,
+            is_virtual: false,
+        }
+    }
+
+    fn group(values: &[&str], per_chunk: usize) -> Group {
+        let mut chunks = VecDeque::new();
+        let all: Vec<Built> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| built(i as u64, v))
+            .collect();
+        for c in all.chunks(per_chunk) {
+            chunks.push_back(c.to_vec());
+        }
+        Group {
+            topic: Arc::from("t"),
+            partition: 0,
+            chunks,
+        }
+    }
+
+    fn values(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .collect()
+    }
+
+    /// A broker that rejects any request holding a "BAD" record as too large, and the
+    /// sequence of requests it saw.
+    #[tokio::test]
+    async fn too_large_requests_are_split_until_the_culprit_is_dead_lettered() {
+        let seen = std::sync::Mutex::new(Vec::<Vec<String>>::new());
+        let produce = |records: Vec<Record>| {
+            let v = values(&records);
+            let bad = v.iter().any(|s| s == "BAD");
+            seen.lock().expect("lock").push(v);
+            async move {
+                if bad {
+                    Err(server_error(ProtocolError::MessageTooLarge))
+                } else {
+                    Ok((0..records.len() as i64).collect())
+                }
+            }
+        };
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b", "c", "d", "BAD", "f", "g", "h"], 8);
+        let r = deliver_group(&mut g, produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert!(g.chunks.is_empty());
+        let s = status.snapshot();
+        assert_eq!((s.forwarded_records, s.dead_lettered), (7, 1));
+        assert_eq!(s.last_dead_letter.map(|d| d.buffer_offset), Some(4));
+        // Everything that was accepted went in offset order.
+        let accepted: Vec<String> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|v| !v.iter().any(|s| s == "BAD"))
+            .flatten()
+            .cloned()
+            .collect();
+        assert_eq!(accepted, ["a", "b", "c", "d", "f", "g", "h"]);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_keep_the_rest_in_order_for_the_next_round() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let produce = |records: Vec<Record>| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n == 1 {
+                    Err(server_error(ProtocolError::NotLeaderOrFollower))
+                } else {
+                    Ok((0..records.len() as i64).collect())
+                }
+            }
+        };
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b", "c", "d", "e", "f"], 2);
+        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Transient(_)));
+        // The first chunk went; the second failed and stays first in line.
+        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        assert_eq!(left, [2, 3, 4, 5]);
+        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert_eq!(status.snapshot().forwarded_records, 6);
+    }
+
+    #[tokio::test]
+    async fn unknown_topic_and_rejected_topic() {
+        let status = UplinkStatus::new();
+        let mut g = group(&["a", "b"], 1);
+        let missing = |_r: Vec<Record>| async {
+            Err::<Vec<i64>, _>(server_error(ProtocolError::UnknownTopicOrPartition))
+        };
+        let r = deliver_group(&mut g, missing, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::TopicMissing(_)));
+        assert_eq!(g.chunks.len(), 2);
+        let denied = |_r: Vec<Record>| async {
+            Err::<Vec<i64>, _>(server_error(ProtocolError::TopicAuthorizationFailed))
+        };
+        let r = deliver_group(&mut g, denied, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        assert_eq!(status.snapshot().dead_lettered, 2);
+    }
+
+    #[tokio::test]
+    async fn a_hanging_request_times_out_as_transient() {
+        let status = UplinkStatus::new();
+        let mut g = group(&["a"], 1);
+        let hang = |_r: Vec<Record>| std::future::pending::<Result<Vec<i64>, KafkaError>>();
+        let r = deliver_group(&mut g, hang, &status, Duration::from_millis(50)).await;
+        assert!(matches!(r, GroupResult::Transient(m) if m.contains("timed out")));
+        assert_eq!(g.chunks.len(), 1);
+    }
+
+    #[test]
+    fn failures_needing_attention() {
+        assert!(Failure::new("Sasl handshake failed: API error".into()).attention);
+        assert!(Failure::new("invalid peer certificate: UnknownIssuer".into()).attention);
+        assert!(!Failure::new("IO Error: Connection refused (os error 111)".into()).attention);
+    }
+}
