@@ -1,5 +1,10 @@
-//! The Ironbridge daemon's components. The data path: MQTT broker tap → edge-buffer → uplink.
+//! The Ironbridge daemon's components. The data path: MQTT endpoint → edge-buffer → uplink.
 
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod event;
+pub mod http;
 pub mod mqtt;
+pub mod status;
 pub mod uplink;

@@ -1,0 +1,225 @@
+//! The daemon: opens the buffer, starts the MQTT endpoint, the uplink, the web port and (in
+//! demo mode) the simulated device, supervises them, and shuts down in bounded time.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use edge_buffer::Log;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::status::{ComponentState, GatewayStatus};
+use crate::uplink::UplinkStatus;
+use crate::{demo, http, mqtt, uplink};
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs a component, restarting it with exponential backoff (1 s doubling to 60 s, reset after a
+/// minute of good running) until `stop`. A panic counts as a failure, not the end of the process.
+pub async fn supervise<F, Fut, E>(
+    name: &'static str,
+    status: GatewayStatus,
+    stop: watch::Receiver<bool>,
+    mut make: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        status.set_component(name, ComponentState::Running);
+        let started = Instant::now();
+        let outcome = tokio::spawn(make()).await;
+        if *stop.borrow() {
+            status.set_component(name, ComponentState::Stopped);
+            return;
+        }
+        let reason = match outcome {
+            Ok(Ok(())) => "exited unexpectedly".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        attempt = attempt.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (attempt - 1).min(6)).min(Duration::from_secs(60));
+        tracing::error!(component = name, %reason, retry_in_s = delay.as_secs(), "component failed; restarting");
+        status.set_component(
+            name,
+            ComponentState::Restarting {
+                reason,
+                attempt,
+                retry_in_ms: delay.as_millis() as u64,
+            },
+        );
+        let mut s = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = s.wait_for(|s| *s) => {
+                status.set_component(name, ComponentState::Stopped);
+                return;
+            }
+        }
+    }
+}
+
+/// How the daemon was asked to stop.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT or a fatal buffer failure.
+pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
+    let gateway_id = config.gateway_id();
+    let buffer_dir = config.buffer_dir();
+    let opts = config.buffer.options();
+    let dir = buffer_dir.clone();
+    let log = tokio::task::spawn_blocking(move || Log::open(&dir, opts))
+        .await
+        .context("buffer recovery task")?
+        .with_context(|| format!("opening the buffer at {}", buffer_dir.display()))?;
+    let log = Arc::new(log);
+    let s = log.stats();
+    tracing::info!(
+        dir = %buffer_dir.display(),
+        records = s.records(),
+        bytes = s.bytes_on_disk,
+        corrupt = s.corrupt_records,
+        truncated_bytes = s.truncated_bytes,
+        "buffer open"
+    );
+
+    let broker = mqtt::start(config.mqtt.clone(), log.clone())
+        .await
+        .context("starting the MQTT endpoint")?;
+    let uplink_status = Arc::new(UplinkStatus::new());
+    let status = GatewayStatus::new(
+        gateway_id.clone(),
+        log.clone(),
+        broker.stats(),
+        uplink_status.clone(),
+    );
+    let broker = Arc::new(broker);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = tokio::net::TcpListener::bind(config.web.listen)
+        .await
+        .with_context(|| format!("web.listen: cannot listen on {}", config.web.listen))?;
+    tracing::info!(addr = %config.web.listen, "web port listening (/metrics, /healthz, /api/status)");
+    let web = tokio::spawn(
+        axum::serve(listener, http::router(status.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+
+    let mut kafka = config.kafka.clone();
+    if kafka.gateway_id.is_empty() {
+        kafka.gateway_id = gateway_id.clone();
+    }
+    let uplink_task = {
+        let (log, st, stop) = (log.clone(), uplink_status.clone(), stop_rx.clone());
+        tokio::spawn(supervise(
+            "uplink",
+            status.clone(),
+            stop_rx.clone(),
+            move || {
+                uplink::run(
+                    kafka.clone(),
+                    log.clone(),
+                    st.clone(),
+                    stopped(stop.clone()),
+                )
+            },
+        ))
+    };
+    let demo_task = demo_device.then(|| {
+        let (broker, stop) = (broker.clone(), stop_rx.clone());
+        tokio::spawn(supervise(
+            "demo-device",
+            status.clone(),
+            stop_rx.clone(),
+            move || demo::run(broker.clone(), stopped(stop.clone())),
+        ))
+    });
+    status.set_component("mqtt", ComponentState::Running);
+    status.set_component("web", ComponentState::Running);
+    tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), "ironbridge running");
+
+    // Sample rates and watch for a failed buffer, which only a reopen (a restart) can cure.
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let fatal: Option<String> = tokio::select! {
+        sig = shutdown_signal() => {
+            tracing::info!(signal = sig, "shutting down");
+            None
+        }
+        failure = async {
+            loop {
+                tick.tick().await;
+                status.sample_rates();
+                if let Some(f) = log.stats().failed {
+                    return f;
+                }
+            }
+        } => {
+            tracing::error!(reason = %failure, "buffer failed; exiting so the service manager restarts and recovers it");
+            Some(failure)
+        }
+    };
+
+    // Stop accepting, let in-flight work finish, sync the buffer — all within a bound.
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_millis(config.gateway.shutdown_timeout_ms);
+    let orderly = async {
+        if let Some(t) = demo_task {
+            let _ = t.await;
+        }
+        match Arc::try_unwrap(broker) {
+            Ok(b) => b.stop().await,
+            Err(_) => tracing::warn!("MQTT endpoint still referenced at shutdown; dropping it"),
+        }
+        let _ = uplink_task.await;
+        let _ = web.await;
+    };
+    if tokio::time::timeout(grace, orderly).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown took too long; syncing and exiting"
+        );
+    }
+    let sync = tokio::task::spawn_blocking(move || log.sync()).await;
+    match sync {
+        Ok(Ok(())) => tracing::info!("buffer synced; bye"),
+        Ok(Err(e)) => tracing::error!(error = %e, "final buffer sync failed"),
+        Err(e) => tracing::error!(error = %e, "final buffer sync task failed"),
+    }
+    match fatal {
+        Some(f) => anyhow::bail!("buffer failed: {f}"),
+        None => Ok(()),
+    }
+}

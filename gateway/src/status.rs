@@ -1,0 +1,504 @@
+//! One status model for logs, `/metrics` (Prometheus text format), `/healthz` and `/api/status`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use edge_buffer::{Log, Stats};
+use serde::Serialize;
+
+use crate::mqtt::MqttStats;
+use crate::uplink::{UplinkSnapshot, UplinkStatus};
+
+/// What the supervisor knows about one component.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ComponentState {
+    Starting,
+    Running,
+    Restarting {
+        reason: String,
+        attempt: u32,
+        retry_in_ms: u64,
+    },
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentStatus {
+    #[serde(flatten)]
+    pub state: ComponentState,
+    pub restarts: u64,
+}
+
+/// Per-second rates over the last sampling interval.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Rates {
+    pub ingest_per_s: f64,
+    pub forward_per_s: f64,
+}
+
+/// Shared by every component; cheap to clone.
+#[derive(Clone)]
+pub struct GatewayStatus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    gateway_id: String,
+    started: Instant,
+    log: Arc<Log>,
+    mqtt: Arc<MqttStats>,
+    uplink: Arc<UplinkStatus>,
+    components: Mutex<BTreeMap<&'static str, ComponentStatus>>,
+    rates: Mutex<RateSampler>,
+}
+
+/// The previous sample (time, appended, forwarded) and the rates derived from it.
+#[derive(Default)]
+struct RateSampler {
+    last: Option<(Instant, u64, u64)>,
+    rates: Rates,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything `/api/status` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub gateway_id: String,
+    pub version: &'static str,
+    pub uptime_s: u64,
+    pub healthy: bool,
+    pub problems: Vec<String>,
+    pub components: BTreeMap<&'static str, ComponentStatus>,
+    pub buffer: BufferReport,
+    pub uplink: UplinkSnapshot,
+    pub mqtt: MqttReport,
+    pub rates: Rates,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BufferReport {
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub fill_ratio: f64,
+    pub records: u64,
+    pub oldest_offset: u64,
+    pub next_offset: u64,
+    pub oldest_age_ms: Option<u64>,
+    pub dropped_records: u64,
+    pub corrupt_records: u64,
+    pub full_rejections: u64,
+    pub disk_full_errors: u64,
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MqttReport {
+    pub connections: u64,
+    pub publishes_received: u64,
+    pub publishes_appended: u64,
+    pub append_errors: u64,
+    pub auth_failures: u64,
+    pub protocol_errors: u64,
+}
+
+impl GatewayStatus {
+    pub fn new(
+        gateway_id: String,
+        log: Arc<Log>,
+        mqtt: Arc<MqttStats>,
+        uplink: Arc<UplinkStatus>,
+    ) -> Self {
+        GatewayStatus {
+            inner: Arc::new(Inner {
+                gateway_id,
+                started: Instant::now(),
+                log,
+                mqtt,
+                uplink,
+                components: Mutex::new(BTreeMap::new()),
+                rates: Mutex::new(RateSampler::default()),
+            }),
+        }
+    }
+
+    pub fn set_component(&self, name: &'static str, state: ComponentState) {
+        let mut c = lock(&self.inner.components);
+        let entry = c.entry(name).or_insert(ComponentStatus {
+            state: ComponentState::Starting,
+            restarts: 0,
+        });
+        if matches!(state, ComponentState::Restarting { .. }) {
+            entry.restarts += 1;
+        }
+        entry.state = state;
+    }
+
+    pub fn uplink(&self) -> &Arc<UplinkStatus> {
+        &self.inner.uplink
+    }
+
+    pub fn buffer_stats(&self) -> Stats {
+        self.inner.log.stats()
+    }
+
+    /// Updates ingest/forward rates; called periodically by the daemon's sampler.
+    pub fn sample_rates(&self) {
+        let appended = self.inner.log.stats().appended_records;
+        let forwarded = self.inner.uplink.snapshot().forwarded_records;
+        let now = Instant::now();
+        let mut r = lock(&self.inner.rates);
+        if let Some((t, a, f)) = r.last {
+            let dt = now.duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                r.rates = Rates {
+                    ingest_per_s: appended.saturating_sub(a) as f64 / dt,
+                    forward_per_s: forwarded.saturating_sub(f) as f64 / dt,
+                };
+            }
+        }
+        r.last = Some((now, appended, forwarded));
+    }
+
+    pub fn report(&self) -> StatusReport {
+        let s = self.inner.log.stats();
+        let uplink = self.inner.uplink.snapshot();
+        let m = self.inner.mqtt.snapshot();
+        let components = lock(&self.inner.components).clone();
+        let mut problems = Vec::new();
+        if let Some(f) = &s.failed {
+            problems.push(format!("buffer failed: {f}"));
+        }
+        for (name, c) in &components {
+            if let ComponentState::Restarting { reason, .. } = &c.state {
+                problems.push(format!("{name} restarting: {reason}"));
+            }
+        }
+        let healthy = problems.is_empty();
+        if !uplink.is_healthy() {
+            problems.push(format!(
+                "uplink: {}",
+                serde_json::to_string(&uplink.state).unwrap_or_default()
+            ));
+        }
+        if s.dropped_records > 0 {
+            problems.push(format!(
+                "buffer full: {} records dropped since start",
+                s.dropped_records
+            ));
+        }
+        StatusReport {
+            gateway_id: self.inner.gateway_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: self.inner.started.elapsed().as_secs(),
+            healthy,
+            problems,
+            components,
+            buffer: BufferReport {
+                bytes: s.bytes_on_disk,
+                max_bytes: s.max_bytes,
+                fill_ratio: s.bytes_on_disk as f64 / s.max_bytes.max(1) as f64,
+                records: s.records(),
+                oldest_offset: s.oldest_offset,
+                next_offset: s.next_offset,
+                oldest_age_ms: s.oldest_timestamp_ms.map(|t| (now_ms() - t).max(0) as u64),
+                dropped_records: s.dropped_records,
+                corrupt_records: s.corrupt_records,
+                full_rejections: s.full_rejections,
+                disk_full_errors: s.disk_full_errors,
+                failed: s.failed.clone(),
+            },
+            uplink,
+            mqtt: MqttReport {
+                connections: m.connections_current,
+                publishes_received: m.publishes_received,
+                publishes_appended: m.publishes_appended,
+                append_errors: m.append_errors,
+                auth_failures: m.auth_failures,
+                protocol_errors: m.protocol_errors,
+            },
+            rates: lock(&self.inner.rates).rates,
+        }
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn metrics(&self) -> String {
+        let s = self.inner.log.stats();
+        let u = self.inner.uplink.snapshot();
+        let m = self.inner.mqtt.snapshot();
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(
+                out,
+                "# HELP ironbridge_{name} {help}\n# TYPE ironbridge_{name} {kind}"
+            );
+            for (labels, v) in samples {
+                let _ = writeln!(out, "ironbridge_{name}{labels} {v}");
+            }
+        };
+        let one = |v: u64| [("", v as f64)];
+        metric("up", "gauge", "1 while the daemon runs.", &[("", 1.0)]);
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            &one(self.inner.started.elapsed().as_secs()),
+        );
+        metric(
+            "buffer_bytes",
+            "gauge",
+            "Bytes of buffer segments on disk.",
+            &one(s.bytes_on_disk),
+        );
+        metric(
+            "buffer_max_bytes",
+            "gauge",
+            "Configured buffer size limit.",
+            &one(s.max_bytes),
+        );
+        metric(
+            "buffer_records",
+            "gauge",
+            "Records held in the buffer.",
+            &one(s.records()),
+        );
+        metric(
+            "buffer_next_offset",
+            "gauge",
+            "Offset the next accepted record gets.",
+            &one(s.next_offset),
+        );
+        let age = s
+            .oldest_timestamp_ms
+            .map(|t| (now_ms() - t).max(0) as f64 / 1e3)
+            .unwrap_or(0.0);
+        metric(
+            "buffer_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest buffered record.",
+            &[("", age)],
+        );
+        metric(
+            "buffer_appended_records_total",
+            "counter",
+            "Records accepted into the buffer.",
+            &one(s.appended_records),
+        );
+        metric(
+            "buffer_dropped_records_total",
+            "counter",
+            "Records dropped unread because the buffer was full.",
+            &one(s.dropped_records),
+        );
+        metric(
+            "buffer_corrupt_records_total",
+            "counter",
+            "Corrupt records skipped.",
+            &one(s.corrupt_records),
+        );
+        metric(
+            "buffer_full_rejections_total",
+            "counter",
+            "Appends refused because the buffer was full (backpressure).",
+            &one(s.full_rejections),
+        );
+        metric(
+            "buffer_disk_full_errors_total",
+            "counter",
+            "Appends that failed because the file system was full.",
+            &one(s.disk_full_errors),
+        );
+        metric(
+            "buffer_fsyncs_total",
+            "counter",
+            "fdatasync calls.",
+            &one(s.fsyncs),
+        );
+        metric(
+            "buffer_fsync_seconds_total",
+            "counter",
+            "Time spent in fdatasync.",
+            &[("", s.fsync_total_micros as f64 / 1e6)],
+        );
+        metric(
+            "buffer_fsync_max_seconds",
+            "gauge",
+            "Longest fdatasync since start.",
+            &[("", s.fsync_max_micros as f64 / 1e6)],
+        );
+        metric(
+            "buffer_failed",
+            "gauge",
+            "1 when the buffer refuses appends after a failed fdatasync.",
+            &one(s.failed.is_some() as u64),
+        );
+        metric(
+            "mqtt_connections",
+            "gauge",
+            "Connected MQTT clients.",
+            &one(m.connections_current),
+        );
+        metric(
+            "mqtt_connections_total",
+            "counter",
+            "MQTT connections accepted.",
+            &one(m.connections_total),
+        );
+        metric(
+            "mqtt_auth_failures_total",
+            "counter",
+            "MQTT CONNECTs refused for credentials.",
+            &one(m.auth_failures),
+        );
+        metric(
+            "mqtt_protocol_errors_total",
+            "counter",
+            "Malformed MQTT packets (connection closed, daemon unaffected).",
+            &one(m.protocol_errors),
+        );
+        metric(
+            "mqtt_publishes_received_total",
+            "counter",
+            "MQTT publishes received.",
+            &one(m.publishes_received),
+        );
+        metric(
+            "mqtt_publishes_appended_total",
+            "counter",
+            "MQTT publishes durably appended to the buffer.",
+            &one(m.publishes_appended),
+        );
+        metric(
+            "mqtt_append_errors_total",
+            "counter",
+            "MQTT publishes the buffer refused.",
+            &one(m.append_errors),
+        );
+        let state = |st: &str| {
+            let cur = serde_json::to_value(&u.state)
+                .ok()
+                .and_then(|v| v.get("state").and_then(|s| s.as_str().map(str::to_string)))
+                .unwrap_or_default();
+            (cur == st) as u64 as f64
+        };
+        let states = [
+            "disconnected",
+            "connecting",
+            "connected",
+            "backing_off",
+            "error",
+        ];
+        let labels: Vec<String> = states
+            .iter()
+            .map(|s| format!("{{state=\"{s}\"}}"))
+            .collect();
+        let samples: Vec<(&str, f64)> = states
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| (l.as_str(), state(s)))
+            .collect();
+        metric(
+            "uplink_state",
+            "gauge",
+            "1 for the uplink's current state.",
+            &samples,
+        );
+        metric(
+            "uplink_forwarded_records_total",
+            "counter",
+            "Records acknowledged by Kafka.",
+            &one(u.forwarded_records),
+        );
+        metric(
+            "uplink_forwarded_bytes_total",
+            "counter",
+            "Bytes acknowledged by Kafka.",
+            &one(u.forwarded_bytes),
+        );
+        metric(
+            "uplink_retries_total",
+            "counter",
+            "Produce retries.",
+            &one(u.retries),
+        );
+        metric(
+            "uplink_lag_records",
+            "gauge",
+            "Buffered records not yet acknowledged by Kafka.",
+            &one(u.lag_records),
+        );
+        metric(
+            "uplink_lag_seconds",
+            "gauge",
+            "Age of the oldest record not yet acknowledged by Kafka.",
+            &[("", u.lag_oldest_age_ms.unwrap_or(0) as f64 / 1e3)],
+        );
+        metric(
+            "uplink_dropped_unmatched_total",
+            "counter",
+            "Records matching no route, dropped by config.",
+            &one(u.dropped_unmatched),
+        );
+        metric(
+            "uplink_dead_lettered_total",
+            "counter",
+            "Records Kafka refused for good (too large, unknown topic).",
+            &one(u.dead_lettered),
+        );
+        let routes: Vec<(String, f64)> = u
+            .routes
+            .iter()
+            .chain(std::iter::once(&u.default_route))
+            .chain(u.retained_route.iter())
+            .map(|r| {
+                (
+                    format!(
+                        "{{route=\"{}\",topic=\"{}\"}}",
+                        escape(&r.name),
+                        escape(&r.topic)
+                    ),
+                    r.records as f64,
+                )
+            })
+            .collect();
+        let samples: Vec<(&str, f64)> = routes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "uplink_route_records_total",
+            "counter",
+            "Records forwarded per route.",
+            &samples,
+        );
+        let comps = lock(&self.inner.components).clone();
+        let labels: Vec<(String, f64)> = comps
+            .iter()
+            .map(|(n, c)| (format!("{{component=\"{n}\"}}"), c.restarts as f64))
+            .collect();
+        let samples: Vec<(&str, f64)> = labels.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric(
+            "component_restarts_total",
+            "counter",
+            "Restarts of supervised components.",
+            &samples,
+        );
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
