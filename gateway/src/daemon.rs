@@ -10,6 +10,7 @@ use edge_buffer::Log;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::status::{ComponentState, GatewayStatus};
 use crate::uplink::UplinkStatus;
 use crate::{demo, http, mqtt, uplink};
@@ -171,8 +172,12 @@ pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
     status.set_component("web", ComponentState::Running);
     tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), "ironbridge running");
 
-    // Sample rates and watch for a failed buffer, which only a reopen (a restart) can cure.
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut notifier = Notifier::new();
+    notifier.ready(&status.summary_line());
+
+    // Sample rates, feed the watchdog while the pipeline works, and watch for a failed buffer,
+    // which only a reopen (a restart) can cure.
+    let mut tick = tokio::time::interval(notifier.tick_interval());
     let fatal: Option<String> = tokio::select! {
         sig = shutdown_signal() => {
             tracing::info!(signal = sig, "shutting down");
@@ -182,8 +187,12 @@ pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
             loop {
                 tick.tick().await;
                 status.sample_rates();
-                if let Some(f) = log.stats().failed {
-                    return f;
+                let stats = log.stats();
+                if let Some(f) = &stats.failed {
+                    return f.clone();
+                }
+                if let Some(why) = notifier.health_tick(&stats, &status.summary_line()) {
+                    tracing::error!(reason = %why, "pipeline stuck; watchdog pings withheld");
                 }
             }
         } => {
@@ -191,6 +200,7 @@ pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
             Some(failure)
         }
     };
+    notifier.stopping();
 
     // Stop accepting, let in-flight work finish, sync the buffer — all within a bound.
     let _ = stop_tx.send(true);

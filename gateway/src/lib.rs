@@ -6,5 +6,6 @@ pub mod demo;
 pub mod event;
 pub mod http;
 pub mod mqtt;
+pub mod notify;
 pub mod status;
 pub mod uplink;

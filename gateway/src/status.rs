@@ -233,6 +233,28 @@ impl GatewayStatus {
         }
     }
 
+    /// One line for systemd's STATUS and the logs: uplink state and backlog.
+    pub fn summary_line(&self) -> String {
+        let s = self.inner.log.stats();
+        let u = self.inner.uplink.snapshot();
+        let state = serde_json::to_value(&u.state)
+            .ok()
+            .and_then(|v| {
+                let st = v.get("state")?.as_str()?.to_string();
+                Some(match v.get("reason").and_then(|r| r.as_str()) {
+                    Some(r) => format!("{st} ({r})"),
+                    None => st,
+                })
+            })
+            .unwrap_or_default();
+        format!(
+            "uplink {state}; backlog {} records, {:.1} MB of {:.0} MB",
+            u.lag_records,
+            s.bytes_on_disk as f64 / 1e6,
+            s.max_bytes as f64 / 1e6
+        )
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn metrics(&self) -> String {
         let s = self.inner.log.stats();
