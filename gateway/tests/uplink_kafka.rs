@@ -308,6 +308,7 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
     create_topic(&bs, "telemetry", 3);
     create_topic(&bs, "alarms", 2);
     create_topic(&bs, "mqtt", 1);
+    create_topic(&bs, "retained", 1);
 
     let log = open_log(dir.path());
     let n = 300usize;
@@ -325,6 +326,7 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
             _ => (format!("misc/{i}"), format!("m{i}").into_bytes()),
         };
         let mut e = event(&topic, &payload);
+        e.retain = i % 10 == 0;
         if i % 7 == 0 {
             e.user_properties = vec![("unit".into(), "degC".into())];
             e.content_type = Some("text/plain".into());
@@ -340,6 +342,7 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
         route("alarms/#", "alarms", "{topic}", ValueFormat::Json),
     ];
     config.linger_ms = 20;
+    config.retained_topic = Some("retained".into());
     let up = start_uplink(config.clone(), &log);
     up.wait_for("first half committed", 30, |s| {
         s.committed_offset == (n / 2) as u64
@@ -351,7 +354,12 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
         .wait_for("all committed", 30, |s| s.committed_offset == n as u64)
         .await;
     assert_eq!(s.state, UplinkState::Connected);
-    assert_eq!(s.forwarded_records, n as u64);
+    let retained = n.div_ceil(10);
+    assert_eq!(s.forwarded_records, (n + retained) as u64);
+    assert_eq!(
+        s.retained_route.as_ref().map(|r| r.records),
+        Some(retained as u64)
+    );
     assert_eq!(s.routes[0].records, n.div_ceil(3) as u64);
     assert_eq!(s.routes[1].records, (n / 3) as u64);
     assert_eq!(s.default_route.records, (n / 3) as u64);
@@ -397,7 +405,8 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
         assert_eq!(r["timestamp"].as_i64(), Some(*ts), "timestamp of {i}");
         assert_eq!(header(r, "mqtt_topic"), Some(e.topic.as_str()));
         assert_eq!(header(r, "mqtt_qos"), Some(e.qos.to_string().as_str()));
-        assert_eq!(header(r, "mqtt_retain"), Some("false"));
+        let retain = if i % 10 == 0 { "true" } else { "false" };
+        assert_eq!(header(r, "mqtt_retain"), Some(retain));
         assert_eq!(header(r, "mqtt_client_id"), Some("dev-1"));
         assert_eq!(header(r, "gateway_id"), Some("gw-test"));
         if i % 7 == 0 {
@@ -425,6 +434,18 @@ async fn events_reach_kafka_routed_keyed_and_partitioned() {
                 assert_eq!(value, e.payload.to_vec());
             }
         }
+    }
+
+    // Retained messages also went to the retained topic, keyed by MQTT topic.
+    let (recs, ok) = consume(&bs, "retained", retained, 30);
+    assert!(ok, "retained: got {} of {retained}", recs.len());
+    for r in &recs {
+        let off = offset_of(r);
+        assert_eq!(off % 10, 0);
+        let e = &events[off as usize].1;
+        assert_eq!(r["key"].as_str(), Some(e.topic.as_str()));
+        assert_eq!(b64(&r["value"]), e.payload.to_vec());
+        assert_eq!(header(r, "mqtt_retain"), Some("true"));
     }
 
     // A restart resumes at the cursor: only the new events are sent.

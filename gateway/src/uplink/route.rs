@@ -29,8 +29,9 @@
 //! known), `mqtt_content_type` (MQTT 5, when set), `gateway_id`, `buffer_offset` (decimal), then
 //! every MQTT 5 user property under its own name. Kafka headers here are unique by name: a user
 //! property whose name is already taken (a repeated property, or one called like the headers
-//! above) gets `#2`, `#3`, … appended. `gateway_id` + `buffer_offset` identify a record exactly,
-//! so a consumer can drop the duplicates that at-least-once delivery may produce.
+//! above) gets `#2`, `#3`, … appended. Within a Kafka topic, `gateway_id` + `buffer_offset`
+//! identify a record exactly, so a consumer can drop the duplicates that at-least-once delivery
+//! may produce (the copy of a retained message in the retained topic carries the same pair).
 //!
 //! # JSON envelope (`value = "json"`)
 //!
