@@ -59,13 +59,15 @@ fn demo_config(kafka: Option<String>) -> Config {
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    // rumqttd (the internal router) logs ordinary client disconnects as errors; our MQTT front
-    // end logs what matters, so keep rumqttd quiet unless asked for by name.
-    let level = if level.contains("rumqttd") {
-        level.to_string()
-    } else {
-        format!("{level},rumqttd=off")
-    };
+    // rumqttd (the internal router) logs ordinary client disconnects as errors, and rskafka logs
+    // every retry at info; our own components log what matters, so quiet them unless named.
+    let mut level = level.to_string();
+    if !level.contains("rumqttd") {
+        level.push_str(",rumqttd=off");
+    }
+    if !level.contains("rskafka") {
+        level.push_str(",rskafka=warn");
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
