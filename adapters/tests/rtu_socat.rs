@@ -146,10 +146,10 @@ async fn responder(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if buf.is_empty() {
-            if let Some(t) = last_reply {
-                let _ = gaps.send(t.elapsed());
-            }
+        if buf.is_empty()
+            && let Some(t) = last_reply
+        {
+            let _ = gaps.send(t.elapsed());
         }
         buf.extend_from_slice(&chunk[..n]);
         // Read requests are 8 bytes.

@@ -418,8 +418,8 @@ pub fn from_engineering(
         DataType::Bool | DataType::Bit(_) => match value {
             Value::Bool(b) => Ok(Value::Bool(*b)),
             other => match other.as_f64() {
-                Some(f) if f == 0.0 => Ok(Value::Bool(false)),
-                Some(f) if f == 1.0 => Ok(Value::Bool(true)),
+                Some(0.0) => Ok(Value::Bool(false)),
+                Some(1.0) => Ok(Value::Bool(true)),
                 _ => Err(wrong()),
             },
         },
@@ -430,10 +430,8 @@ pub fn from_engineering(
         _ => {
             let identity = scale == 1.0 && offset == 0.0;
             // Exact integer passthrough without a float round trip (u64/i64 beyond 2^53).
-            if identity {
-                if let Some(v) = exact_integer(data_type, value) {
-                    return v;
-                }
+            if identity && let Some(v) = exact_integer(data_type, value) {
+                return v;
             }
             if matches!(value, Value::Bool(_) | Value::String(_)) {
                 return Err(wrong());
@@ -491,8 +489,10 @@ fn float_to_raw(data_type: DataType, raw: f64) -> Result<Value, CodecError> {
             Value::I32(r as i32)
         }
         // 2^64 and 2^63 are exactly representable; the upper bounds are exclusive.
-        DataType::U64 if r >= 0.0 && r < 18_446_744_073_709_551_616.0 => Value::U64(r as u64),
-        DataType::I64 if r >= -9_223_372_036_854_775_808.0 && r < 9_223_372_036_854_775_808.0 => {
+        DataType::U64 if (0.0..18_446_744_073_709_551_616.0).contains(&r) => Value::U64(r as u64),
+        DataType::I64
+            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&r) =>
+        {
             Value::I64(r as i64)
         }
         DataType::F32 if raw.is_nan() || raw.abs() <= f64::from(f32::MAX) || raw.is_infinite() => {

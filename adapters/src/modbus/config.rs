@@ -562,10 +562,6 @@ fn name_problem(name: &str) -> Option<String> {
     None
 }
 
-const STANDARD_BAUDS: [u32; 13] = [
-    300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115_200, 230_400, 460_800,
-];
-
 impl ModbusConfig {
     /// Validates every device and returns the resolved ones (disabled devices included, with
     /// `enabled = false`), or every problem found.
@@ -666,7 +662,7 @@ impl DeviceConfig {
                         "must name the serial device, e.g. \"/dev/ttyUSB0\"".into(),
                     );
                 }
-                if !STANDARD_BAUDS.contains(baud) && !(*baud >= 50 && *baud <= 4_000_000) {
+                if !(50..=4_000_000).contains(baud) {
                     bad(
                         "transport.baud",
                         format!("{baud} is not a usable baud rate (e.g. 9600, 19200, 115200)"),
@@ -798,13 +794,13 @@ impl DeviceConfig {
             // The tag reaching furthest so far.
             let mut reach: Option<(usize, &Tag)> = None;
             for &(ti, t) in list.iter() {
-                if let DataType::Bit(n) = t.data_type {
-                    if !seen_bits.insert((t.address, n)) {
-                        bad(
-                            &format!("tags[{ti}].bit"),
-                            format!("bit {n} of {} {} is already another tag", t.area, t.address),
-                        );
-                    }
+                if let DataType::Bit(n) = t.data_type
+                    && !seen_bits.insert((t.address, n))
+                {
+                    bad(
+                        &format!("tags[{ti}].bit"),
+                        format!("bit {n} of {} {} is already another tag", t.area, t.address),
+                    );
                 }
                 if let Some((pi, p)) = reach {
                     let both_bits = matches!(p.data_type, DataType::Bit(_))
@@ -1304,6 +1300,22 @@ transport = { type = "tcp", address = "10.0.0.1:70000" }
         assert!(split_host_port("plc:0").is_err());
         assert!(split_host_port(":502").is_err());
         assert!(split_host_port("").is_err());
+    }
+
+    #[test]
+    fn readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("toml block") + "```toml\n".len();
+        let len = readme[start..].find("```").expect("block end");
+        #[derive(serde::Deserialize)]
+        struct File {
+            modbus: ModbusConfig,
+        }
+        let file: File =
+            toml::from_str(&readme[start..start + len]).expect("README example parses");
+        let devices = file.modbus.validate().expect("README example is valid");
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[0].tags.len(), 7);
     }
 
     #[test]

@@ -569,23 +569,23 @@ impl AsyncWrite for SimStream {
             Poll::Pending => return Poll::Pending,
         }
         // A reply starts with the 7-byte MBAP header.
-        if buf.len() >= 8 {
-            if let Some(c) = self.sim.take_corruption() {
-                let mut frame = buf.to_vec();
-                match c {
-                    Corruption::WrongUnit => frame[6] = frame[6].wrapping_add(1),
-                    Corruption::Garbage => {
-                        // Length 3: unit, function, byte count 200 with no data.
-                        frame.truncate(8);
-                        frame[4] = 0;
-                        frame[5] = 3;
-                        frame.push(200);
-                    }
+        if buf.len() >= 8
+            && let Some(c) = self.sim.take_corruption()
+        {
+            let mut frame = buf.to_vec();
+            match c {
+                Corruption::WrongUnit => frame[6] = frame[6].wrapping_add(1),
+                Corruption::Garbage => {
+                    // Length 3: unit, function, byte count 200 with no data.
+                    frame.truncate(8);
+                    frame[4] = 0;
+                    frame[5] = 3;
+                    frame.push(200);
                 }
-                self.pending = frame;
-                let _ = self.poll_pending(cx);
-                return Poll::Ready(Ok(buf.len()));
             }
+            self.pending = frame;
+            let _ = self.poll_pending(cx);
+            return Poll::Ready(Ok(buf.len()));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -723,7 +723,7 @@ length = 12
             WordOrder::CDAB,
             Value::U32(n as u32),
         );
-        let door = (t as u64 / 45) % 3 == 0;
+        let door = (t as u64 / 45).is_multiple_of(3);
         let status = sim.registers(UNIT, Area::HoldingRegister, 20, 1)[0];
         let status = if door {
             status | 0b100
