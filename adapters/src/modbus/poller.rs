@@ -573,8 +573,8 @@ impl BusTask {
         loop {
             let next = self.next_due();
             let wake = next.map(|(at, _, _)| at);
+            // Unbiased: when writes keep arriving and a poll is due, both get their turn.
             let r = tokio::select! {
-                biased;
                 _ = self.stop.cancelled() => break,
                 cmd = self.cmd_rx.recv(), if commands_open => match cmd {
                     Some(Command::Write { device, items, reply }) => {
