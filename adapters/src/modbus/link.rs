@@ -451,3 +451,33 @@ mod tests {
         assert!(matches!(header_mismatch(1, m), CallError::Malformed(_)));
     }
 }
+
+/// A one-request-at-a-time Modbus client outside the poller (diagnostics, "test read" in a UI,
+/// benchmarks). Not for devices the poller also polls on a serial line: the port is exclusive.
+pub struct Client {
+    link: Link,
+    unit: u8,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects (TCP) or opens the serial port (RTU).
+    pub async fn connect(
+        transport: &Transport,
+        unit: u8,
+        timeout: Duration,
+    ) -> Result<Client, String> {
+        let link = Link::open(transport, timeout.max(Duration::from_secs(1))).await?;
+        Ok(Client {
+            link,
+            unit,
+            timeout,
+        })
+    }
+
+    /// One request; the connection is unusable after an error that `Poller` would reconnect
+    /// on (connect again).
+    pub async fn call(&mut self, op: &Op) -> Result<OpResult, CallError> {
+        self.link.call(self.unit, op, self.timeout).await
+    }
+}

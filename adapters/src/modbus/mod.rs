@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod config;
 mod link;
+pub use link::{CallError, Client};
 pub mod pdu;
 pub mod plan;
 pub mod poller;
