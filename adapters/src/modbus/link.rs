@@ -423,35 +423,6 @@ impl RtuLink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rtu_timing_follows_the_spec() {
-        let (c, s) = rtu_timing(9600, Parity::Even, 8, 1);
-        // 11 bits at 9600 baud = 1.146 ms; 3.5 chars = 4.01 ms
-        assert_eq!(c.as_micros(), 1145);
-        assert_eq!(s.as_micros(), 4010);
-        let (_, s) = rtu_timing(115_200, Parity::None, 8, 1);
-        assert_eq!(s, Duration::from_micros(1750));
-    }
-
-    #[test]
-    fn header_mismatch_classification() {
-        let m = "expected/request = Header { transaction_id: 3, unit_id: 1 }, actual/response = Header { transaction_id: 3, unit_id: 9 }";
-        assert_eq!(
-            header_mismatch(1, m),
-            CallError::WrongUnit {
-                expected: 1,
-                got: 9
-            }
-        );
-        let m = "expected/request = Header { transaction_id: 3, unit_id: 1 }, actual/response = Header { transaction_id: 4, unit_id: 1 }";
-        assert!(matches!(header_mismatch(1, m), CallError::Malformed(_)));
-    }
-}
-
 /// A one-request-at-a-time Modbus client outside the poller (diagnostics, "test read" in a UI,
 /// benchmarks). Not for devices the poller also polls on a serial line: the port is exclusive.
 pub struct Client {
@@ -479,5 +450,34 @@ impl Client {
     /// on (connect again).
     pub async fn call(&mut self, op: &Op) -> Result<OpResult, CallError> {
         self.link.call(self.unit, op, self.timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtu_timing_follows_the_spec() {
+        let (c, s) = rtu_timing(9600, Parity::Even, 8, 1);
+        // 11 bits at 9600 baud = 1.146 ms; 3.5 chars = 4.01 ms
+        assert_eq!(c.as_micros(), 1145);
+        assert_eq!(s.as_micros(), 4010);
+        let (_, s) = rtu_timing(115_200, Parity::None, 8, 1);
+        assert_eq!(s, Duration::from_micros(1750));
+    }
+
+    #[test]
+    fn header_mismatch_classification() {
+        let m = "expected/request = Header { transaction_id: 3, unit_id: 1 }, actual/response = Header { transaction_id: 3, unit_id: 9 }";
+        assert_eq!(
+            header_mismatch(1, m),
+            CallError::WrongUnit {
+                expected: 1,
+                got: 9
+            }
+        );
+        let m = "expected/request = Header { transaction_id: 3, unit_id: 1 }, actual/response = Header { transaction_id: 4, unit_id: 1 }";
+        assert!(matches!(header_mismatch(1, m), CallError::Malformed(_)));
     }
 }
