@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use ironbridge_adapters::modbus::ModbusConfig;
+
 use crate::mqtt::MqttConfig;
 use crate::uplink::UplinkConfig;
 
@@ -23,6 +25,7 @@ pub struct Config {
     pub log: LogConfig,
     pub mqtt: MqttConfig,
     pub kafka: UplinkConfig,
+    pub modbus: ModbusConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -381,6 +384,13 @@ impl Config {
         }
         if let Err(e) = self.kafka.validate() {
             issues.push((prefixed("kafka", &e.field), e.message));
+        }
+        if let Err(modbus) = self.modbus.validate() {
+            issues.extend(
+                modbus
+                    .into_iter()
+                    .map(|i| (prefixed("modbus", &i.field), i.message)),
+            );
         }
         issues
     }

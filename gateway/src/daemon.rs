@@ -1,5 +1,5 @@
 //! The daemon: opens the buffer, starts the MQTT endpoint, the uplink, the web port and (in
-//! demo mode) the simulated device, supervises them, and shuts down in bounded time.
+//! demo mode) the simulated Modbus device, supervises them, and shuts down in bounded time.
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::notify::Notifier;
 use crate::status::{ComponentState, GatewayStatus};
 use crate::uplink::UplinkStatus;
-use crate::{demo, http, mqtt, uplink};
+use crate::{http, modbus, mqtt, uplink};
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -96,7 +96,25 @@ async fn shutdown_signal() -> &'static str {
 }
 
 /// Runs the gateway until SIGTERM/SIGINT or a fatal buffer failure.
-pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
+    // The demo's simulated machine is a real Modbus TCP server on loopback, polled like any PLC.
+    let demo = if demo_device {
+        let d = ironbridge_adapters::modbus::sim::demo::start("demo", ([127, 0, 0, 1], 0).into())
+            .await
+            .context("starting the demo Modbus device")?;
+        tracing::info!(addr = %d.server.addr(), "demo Modbus device listening");
+        config.modbus.devices.push(d.config.clone());
+        Some(d)
+    } else {
+        None
+    };
+    let devices = config.modbus.validate().map_err(|issues| {
+        let text: Vec<String> = issues
+            .iter()
+            .map(|i| format!("modbus.{}: {}", i.field, i.message))
+            .collect();
+        anyhow::anyhow!("invalid Modbus configuration: {}", text.join("; "))
+    })?;
     let gateway_id = config.gateway_id();
     let buffer_dir = config.buffer_dir();
     let opts = config.buffer.options();
@@ -159,13 +177,20 @@ pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
             },
         ))
     };
-    let demo_task = demo_device.then(|| {
-        let (broker, stop) = (broker.clone(), stop_rx.clone());
+    let modbus_task = (!devices.is_empty()).then(|| {
+        let (broker, stop, board) = (broker.clone(), stop_rx.clone(), status.modbus_health());
         tokio::spawn(supervise(
-            "demo-device",
+            "modbus",
             status.clone(),
             stop_rx.clone(),
-            move || demo::run(broker.clone(), stopped(stop.clone())),
+            move || {
+                modbus::run(
+                    devices.clone(),
+                    broker.clone(),
+                    board.clone(),
+                    stopped(stop.clone()),
+                )
+            },
         ))
     });
     status.set_component("mqtt", ComponentState::Running);
@@ -206,8 +231,11 @@ pub async fn run(config: Config, demo_device: bool) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(config.gateway.shutdown_timeout_ms);
     let orderly = async {
-        if let Some(t) = demo_task {
+        if let Some(t) = modbus_task {
             let _ = t.await;
+        }
+        if let Some(d) = demo {
+            d.shutdown().await;
         }
         match Arc::try_unwrap(broker) {
             Ok(b) => b.stop().await,

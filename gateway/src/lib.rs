@@ -2,9 +2,9 @@
 
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod event;
 pub mod http;
+pub mod modbus;
 pub mod mqtt;
 pub mod notify;
 pub mod status;

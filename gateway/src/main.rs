@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long, default_value = DEFAULT_CONFIG_PATH, global = true)]
     config: PathBuf,
     /// Run a self-contained demo from ./ironbridge-demo on unprivileged loopback ports with a
-    /// simulated device; buffers until a Kafka cluster is given with --kafka.
+    /// simulated Modbus device; buffers until a Kafka cluster is given with --kafka.
     #[arg(long)]
     demo: bool,
     /// With --demo: Kafka bootstrap servers to forward to (e.g. 127.0.0.1:9092).
@@ -87,8 +87,15 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => {
             let path = file.unwrap_or(cli.config);
             match Config::load(&path) {
-                Ok(_) => {
+                Ok(config) => {
                     println!("{}: OK", path.display());
+                    // The Modbus request plan: what each poll cycle will send.
+                    for device in config.modbus.validate().unwrap_or_default() {
+                        println!(
+                            "\n{}",
+                            ironbridge_adapters::modbus::DevicePlan::new(&device)
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -8,6 +8,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use edge_buffer::{Log, Stats};
 use serde::Serialize;
 
+use ironbridge_adapters::modbus::DeviceHealth;
+
+use crate::modbus::HealthBoard;
 use crate::mqtt::MqttStats;
 use crate::uplink::{UplinkSnapshot, UplinkStatus};
 
@@ -52,6 +55,7 @@ struct Inner {
     mqtt: Arc<MqttStats>,
     uplink: Arc<UplinkStatus>,
     components: Mutex<BTreeMap<&'static str, ComponentStatus>>,
+    modbus: HealthBoard,
     rates: Mutex<RateSampler>,
 }
 
@@ -85,6 +89,7 @@ pub struct StatusReport {
     pub buffer: BufferReport,
     pub uplink: UplinkSnapshot,
     pub mqtt: MqttReport,
+    pub devices: Vec<DeviceHealth>,
     pub rates: Rates,
 }
 
@@ -129,6 +134,7 @@ impl GatewayStatus {
                 mqtt,
                 uplink,
                 components: Mutex::new(BTreeMap::new()),
+                modbus: HealthBoard::default(),
                 rates: Mutex::new(RateSampler::default()),
             }),
         }
@@ -144,6 +150,11 @@ impl GatewayStatus {
             entry.restarts += 1;
         }
         entry.state = state;
+    }
+
+    /// Where the Modbus component posts per-device health.
+    pub fn modbus_health(&self) -> HealthBoard {
+        self.inner.modbus.clone()
     }
 
     pub fn uplink(&self) -> &Arc<UplinkStatus> {
@@ -229,6 +240,7 @@ impl GatewayStatus {
                 auth_failures: m.auth_failures,
                 protocol_errors: m.protocol_errors,
             },
+            devices: lock(&self.inner.modbus).clone(),
             rates: lock(&self.inner.rates).rates,
         }
     }
@@ -502,6 +514,54 @@ impl GatewayStatus {
             "Records forwarded per route.",
             &samples,
         );
+        let devices = lock(&self.inner.modbus).clone();
+        let per_device = |f: &dyn Fn(&DeviceHealth) -> f64| -> Vec<(String, f64)> {
+            devices
+                .iter()
+                .map(|d| (format!("{{device=\"{}\"}}", escape(&d.device)), f(d)))
+                .collect()
+        };
+        type DeviceMetric<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&DeviceHealth) -> f64);
+        let device_metrics: [DeviceMetric; 6] = [
+            (
+                "modbus_device_up",
+                "gauge",
+                "1 while the device's last poll succeeded.",
+                &|d| matches!(d.state, ironbridge_adapters::modbus::LinkState::Ok) as u8 as f64,
+            ),
+            ("modbus_polls_total", "counter", "Poll cycles.", &|d| {
+                d.polls as f64
+            }),
+            (
+                "modbus_failed_polls_total",
+                "counter",
+                "Poll cycles that failed.",
+                &|d| d.failed_polls as f64,
+            ),
+            (
+                "modbus_timeouts_total",
+                "counter",
+                "Requests that timed out.",
+                &|d| d.timeouts as f64,
+            ),
+            (
+                "modbus_exceptions_total",
+                "counter",
+                "Modbus exception responses.",
+                &|d| d.exceptions as f64,
+            ),
+            (
+                "modbus_rtt_seconds",
+                "gauge",
+                "Mean request round-trip time.",
+                &|d| d.rtt_avg_us as f64 / 1e6,
+            ),
+        ];
+        for (name, kind, help, f) in device_metrics {
+            let rows = per_device(f);
+            let samples: Vec<(&str, f64)> = rows.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            metric(name, kind, help, &samples);
+        }
         let comps = lock(&self.inner.components).clone();
         let labels: Vec<(String, f64)> = comps
             .iter()

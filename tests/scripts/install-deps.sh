@@ -23,3 +23,4 @@ fi
 
 "$HERE/setup-python.sh"
 "$HERE/install-tansu.sh"
+"$HERE/../../adapters/scripts/install-test-deps.sh"
