@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{PtyPair, devices, require_socat};
@@ -34,20 +36,28 @@ const TAGS: &str = "[[devices.tags]]\nname='a'\naddress='40001'\ntype='f64'\n\
 async fn exercise(text: String) {
     let (tx, mut rx) = mpsc::channel::<Reading>(4096);
     let poller = Poller::spawn(devices(&text), tx);
-    let drain = tokio::spawn(async move {
-        let mut n = 0u64;
-        while rx.recv().await.is_some() {
-            n += 1;
-        }
-        n
-    });
-    // Let it chew on noise for a while; the bus task must stay alive throughout.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let readings = Arc::new(AtomicU64::new(0));
+    let drain = {
+        let readings = readings.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                readings.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Let it chew on noise for at least 3 s, and until it has polled and reported; the bus task
+    // must stay alive throughout. The upper bound only matters on a starved CI machine.
+    let start = tokio::time::Instant::now();
     let mut writes = 0;
-    while tokio::time::Instant::now() < deadline {
+    loop {
         let r = poller.write("g", "w", Value::U16(1)).await;
         assert_ne!(r, Err(WriteError::Stopped), "bus task died");
         writes += 1;
+        let elapsed = start.elapsed();
+        let enough = readings.load(Ordering::Relaxed) >= 1 && poller.health()[0].requests >= 10;
+        if (elapsed >= Duration::from_secs(3) && enough) || elapsed >= Duration::from_secs(30) {
+            break;
+        }
     }
     let h = poller.health().remove(0);
     println!("{writes} writes attempted; {h:?}");
@@ -56,8 +66,11 @@ async fn exercise(text: String) {
         h.timeouts + h.malformed + h.wrong_unit + h.crc_errors + h.io_errors + h.exceptions;
     assert!(errors >= 5, "{h:?}");
     poller.shutdown().await;
-    let readings = drain.await.expect("drain");
-    assert!(readings >= 1);
+    drain.await.expect("drain");
+    assert!(
+        readings.load(Ordering::Relaxed) >= 1,
+        "no reading reported in 30 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
