@@ -24,6 +24,11 @@ Subcommands
       Produces N records whose value is the record index in decimal, zero-padded to 10 digits and then
       padded with 'x' to S bytes. Prints {"count", "bytes", "elapsed_s", "records_per_s", "mb_per_s"}.
       Exits 4 if any record failed.
+  partition --partitions N KEY...
+      Where Kafka's Java client (default partitioner) puts each keyed record: toPositive(murmur2(key)) % N,
+      with murmur2 implemented here, independently of the gateway, and checked against the test vectors of
+      Apache Kafka's UtilsTest.testMurmur2 first (exit 5 if they fail). Keys are taken as UTF-8.
+      Prints {"partitions": N, "keys": {key: partition}}.
 
 Errors go to stderr as text; the exit code is non-zero.
 """
@@ -58,6 +63,67 @@ def common_conf(args):
         "broker.address.family": "v4",
         "log_level": 3,
     }
+
+
+# Apache Kafka clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java, testMurmur2.
+MURMUR2_VECTORS = [
+    (b"21", -973932308),
+    (b"foobar", -790332482),
+    (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+    (b"abc", 479470107),
+]
+
+
+def murmur2(data):
+    """org.apache.kafka.common.utils.Utils.murmur2: 32-bit MurmurHash2, seed 0x9747b28c, as a Java int."""
+    mask = 0xFFFFFFFF
+    m = 0x5BD1E995
+    r = 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(length // 4):
+        i4 = i * 4
+        k = data[i4] | (data[i4 + 1] << 8) | (data[i4 + 2] << 16) | (data[i4 + 3] << 24)
+        k = (k * m) & mask
+        k ^= k >> r  # Java's >>> on an int
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = length & ~3
+    rest = length % 4
+    # Java's switch falls through: case 3, then 2, then 1.
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def java_partition(key, partitions):
+    """The Java client's default partitioner for a keyed record: Utils.toPositive(murmur2(key)) % n."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def cmd_partition(args):
+    for data, want in MURMUR2_VECTORS:
+        got = murmur2(data)
+        if got != want:
+            print(f"partition: murmur2({data!r}) = {got}, Kafka's test vector says {want}", file=sys.stderr)
+            return 5
+    if args.partitions < 1:
+        print("partition: --partitions must be at least 1", file=sys.stderr)
+        return 2
+    keys = {k: java_partition(k.encode("utf-8"), args.partitions) for k in args.keys}
+    print(json.dumps({"partitions": args.partitions, "keys": keys}), flush=True)
+    return 0
 
 
 def cmd_create_topic(args):
@@ -294,6 +360,11 @@ def main():
     c.add_argument("--partition", type=int)
     c.add_argument("--linger-ms", type=int, default=5)
     c.set_defaults(func=cmd_produce)
+
+    c = sub.add_parser("partition")
+    c.add_argument("--partitions", type=int, required=True)
+    c.add_argument("keys", nargs="*")
+    c.set_defaults(func=cmd_partition)
 
     args = p.parse_args()
     try:

@@ -15,6 +15,7 @@
 //! skips every test that needs an external tool.
 
 pub mod external;
+pub mod gateway;
 pub mod kafka;
 pub mod mqtt;
 pub mod net;
