@@ -1434,8 +1434,13 @@ pub fn assert_complete(d: &Delivery, topics: &[String], start: u32, count: u32) 
 }
 
 /// Creates a self-signed certificate and key (`<name>.pem`, `<name>.key`) for `127.0.0.1` with
-/// `openssl`.
-pub async fn self_signed_cert(dir: &Path, name: &str, cn: &str) -> Result<(PathBuf, PathBuf)> {
+/// `openssl`: a CA certificate when `ca`, else a server (end-entity) certificate.
+pub async fn self_signed_cert(
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    ca: bool,
+) -> Result<(PathBuf, PathBuf)> {
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
     let mut cmd = Command::new("openssl");
@@ -1450,6 +1455,12 @@ pub async fn self_signed_cert(dir: &Path, name: &str, cn: &str) -> Result<(PathB
     .args(["-nodes", "-days", "2", "-subj"])
     .arg(format!("/CN={cn}"))
     .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+    .arg("-addext")
+    .arg(if ca {
+        "basicConstraints=critical,CA:TRUE"
+    } else {
+        "basicConstraints=critical,CA:FALSE"
+    })
     .arg("-keyout")
     .arg(&key)
     .arg("-out")
