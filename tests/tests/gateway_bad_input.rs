@@ -378,3 +378,74 @@ async fn missing_topic() -> Result<()> {
     ));
     Ok(())
 }
+
+/// TLS files that do not exist are problems of the file like any other: `check-config` must name
+/// the field and the line with exit code 2, and so must a start that cannot listen without them.
+///
+/// Fails against the daemon as of this commit: `check-config` prints "OK" for both files (the
+/// validation never looks at the TLS files), a start with a missing `mqtt.tls.cert` exits 1 with
+/// "starting the MQTT endpoint: TLS file ...: No such file" (no line), and a missing
+/// `kafka.tls.ca_file` starts a daemon whose uplink component restarts forever.
+#[tokio::test]
+async fn missing_tls_files_are_config_errors() -> Result<()> {
+    prepare().await?;
+    within(Duration::from_secs(120), "TLS file cases", async {
+        let dir = tempfile::tempdir()?;
+        let state = dir.path().join("state");
+        let mut mqtt = base_config(&state);
+        mqtt.extend(
+            [
+                "",
+                "[mqtt.tls]",
+                "listen = \"127.0.0.1:2\"",
+                "cert = \"/nonexistent/mqtt.crt\"",
+                "key = \"/nonexistent/mqtt.key\"",
+            ]
+            .map(String::from),
+        );
+        let mut kafka = base_config(&state);
+        kafka.extend(
+            [
+                "",
+                "[kafka.tls]",
+                "enabled = true",
+                "ca_file = \"/nonexistent/plant-ca.pem\"",
+            ]
+            .map(String::from),
+        );
+        let mut failures = Vec::new();
+        for (name, lines, line, field, start_too) in [
+            ("mqtt", mqtt, 30, "mqtt.tls.cert", true),
+            ("kafka", kafka, 30, "kafka.tls.ca_file", false),
+        ] {
+            let file = dir.path().join(format!("{name}-tls.toml"));
+            std::fs::write(&file, lines.join("\n"))?;
+            let f = file.to_string_lossy().to_string();
+            let want = format!("{f}:{line}: ");
+            let mut runs = vec![vec!["check-config", f.as_str()]];
+            if start_too {
+                runs.push(vec!["--config", f.as_str()]);
+            }
+            for args in runs {
+                let out = run_ironbridge(&args, b"", Duration::from_secs(20)).await?;
+                let err = String::from_utf8_lossy(&out.stderr);
+                let named = err
+                    .lines()
+                    .any(|l| l.starts_with(&want) && l.contains(field));
+                if out.status.code() != Some(2) || !named {
+                    failures.push(format!(
+                        "`ironbridge {}`: exit {:?}, expected 2 and an error starting with {want:?} \
+                         naming {field}; stdout {:?}, stderr {:?}",
+                        args.join(" "),
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        err.trim()
+                    ));
+                }
+            }
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(())
+    })
+    .await
+}
