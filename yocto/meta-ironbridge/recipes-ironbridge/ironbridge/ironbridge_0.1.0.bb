@@ -57,6 +57,9 @@ python __anonymous() {
 
 # Only the daemon: the workspace's other members are libraries and test harnesses.
 CARGO_BUILD_FLAGS += "--package ironbridge --bin ironbridge"
+# The workspace's release profile strips symbols; here OE strips into ironbridge-dbg itself, and
+# its already-stripped QA check is an error. Cargo's environment overrides the manifest's profile.
+export CARGO_PROFILE_RELEASE_STRIP = "false"
 
 # The service's supplementary group (base-passwd has it): useradd makes the name known to
 # do_install below and to the package.
