@@ -33,6 +33,7 @@ missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"
 done
+command -v file >/dev/null || missing="$missing file"
 if [ -n "$missing" ]; then
     if [ "$install" = 0 ] || [ "$(id -u)" != 0 ]; then
         echo "missing Debian packages:$missing (run as root without --no-install to install them)" >&2
