@@ -385,6 +385,32 @@ impl Config {
         if let Err(e) = self.kafka.validate() {
             issues.push((prefixed("kafka", &e.field), e.message));
         }
+        // Files the daemon needs at start: a missing one is a problem of this file, named here.
+        let mut files: Vec<(&str, &Path)> = Vec::new();
+        if let Some(tls) = &self.mqtt.tls {
+            files.push(("mqtt.tls.cert", &tls.cert));
+            files.push(("mqtt.tls.key", &tls.key));
+        }
+        if self.kafka.tls.enabled {
+            let t = &self.kafka.tls;
+            for (field, path) in [
+                ("kafka.tls.ca_file", &t.ca_file),
+                ("kafka.tls.cert_file", &t.cert_file),
+                ("kafka.tls.key_file", &t.key_file),
+            ] {
+                if let Some(p) = path {
+                    files.push((field, p));
+                }
+            }
+        }
+        for (field, path) in files {
+            if let Err(e) = std::fs::File::open(path) {
+                issues.push((
+                    field.to_string(),
+                    format!("cannot read {}: {e}", path.display()),
+                ));
+            }
+        }
         if let Err(modbus) = self.modbus.validate() {
             issues.extend(
                 modbus

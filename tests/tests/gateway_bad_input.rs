@@ -382,10 +382,9 @@ async fn missing_topic() -> Result<()> {
 /// TLS files that do not exist are problems of the file like any other: `check-config` must name
 /// the field and the line with exit code 2, and so must a start that cannot listen without them.
 ///
-/// Fails against the daemon as of this commit: `check-config` prints "OK" for both files (the
-/// validation never looks at the TLS files), a start with a missing `mqtt.tls.cert` exits 1 with
-/// "starting the MQTT endpoint: TLS file ...: No such file" (no line), and a missing
-/// `kafka.tls.ca_file` starts a daemon whose uplink component restarts forever.
+/// (Found by this test: `check-config` used to print "OK" for missing TLS files, a start with a
+/// missing `mqtt.tls.cert` exited 1 without a line, and a missing `kafka.tls.ca_file` left the
+/// uplink restarting forever.)
 #[tokio::test]
 async fn missing_tls_files_are_config_errors() -> Result<()> {
     prepare().await?;
