@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     /// Signalled when space is freed (retention or drops), for backpressured writers.
     space_freed: Notify,
     stop: AtomicBool,
+    /// Serialises cursor-file writers, which work outside `state`'s lock.
+    cursor_writer: Mutex<()>,
 }
 
 impl Shared {
@@ -416,6 +418,7 @@ impl Log {
             counters,
             space_freed: Notify::new(),
             stop: AtomicBool::new(false),
+            cursor_writer: Mutex::new(()),
         });
         let syncer = match opts.fsync {
             FsyncPolicy::Never => None,
@@ -670,37 +673,59 @@ impl Log {
 
     /// Durably records that consumer `name` has processed every offset below `next_offset`,
     /// then deletes sealed segments that every consumer has passed.
+    ///
+    /// The cursor file is written (and fsynced) outside the log's state lock, so appends are
+    /// not held up by it; cursor writers are serialised among themselves.
     pub fn commit(&self, name: &str, next_offset: u64) -> Result<(), Error> {
         if !cursor::valid_name(name) {
             return Err(Error::InvalidConsumerName(name.to_string()));
         }
-        let mut st = self.shared.lock();
-        let next_offset = next_offset.min(st.next_offset);
-        if st.cursors.get(name) == Some(&next_offset) {
-            return Ok(());
-        }
-        let mut cursors = st.cursors.clone();
-        cursors.insert(name.to_string(), next_offset);
-        cursor::store(&self.shared.dir, &cursors)?;
-        st.cursors = cursors;
-        self.apply_retention(&mut st)
+        self.update_cursors(|cursors, log_end| {
+            let next_offset = next_offset.min(log_end);
+            cursors.insert(name.to_string(), next_offset) != Some(next_offset)
+        })
     }
 
     /// Forgets consumer `name`, so it no longer holds back retention.
     pub fn remove_consumer(&self, name: &str) -> Result<(), Error> {
-        let mut st = self.shared.lock();
-        let mut cursors = st.cursors.clone();
-        if cursors.remove(name).is_none() {
+        self.update_cursors(|cursors, _| cursors.remove(name).is_some())
+    }
+
+    /// Applies `change` (which says whether it changed anything) to a copy of the cursors,
+    /// stores them, then applies retention.
+    fn update_cursors(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, u64>, u64) -> bool,
+    ) -> Result<(), Error> {
+        let _writer = self
+            .shared
+            .cursor_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut cursors, log_end) = {
+            let st = self.shared.lock();
+            (st.cursors.clone(), st.next_offset)
+        };
+        if !change(&mut cursors, log_end) {
             return Ok(());
         }
         cursor::store(&self.shared.dir, &cursors)?;
-        st.cursors = cursors;
-        self.apply_retention(&mut st)
+        let deleted = {
+            let mut st = self.shared.lock();
+            st.cursors = cursors;
+            self.apply_retention(&mut st)?
+        };
+        if deleted {
+            cursor::sync_dir(&self.shared.dir)?;
+        }
+        Ok(())
     }
 
-    fn apply_retention(&self, st: &mut State) -> Result<(), Error> {
+    /// Deletes sealed segments every consumer has passed; says whether it deleted any (the
+    /// caller syncs the directory after releasing the lock).
+    fn apply_retention(&self, st: &mut State) -> Result<bool, Error> {
         let Some(&min) = st.cursors.values().min() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut deleted = false;
         while st.segments.len() > 1 && st.segments[1].base <= min {
@@ -708,10 +733,7 @@ impl Log {
             self.delete_segment(st, seg)?;
             deleted = true;
         }
-        if deleted {
-            cursor::sync_dir(&self.shared.dir)?;
-        }
-        Ok(())
+        Ok(deleted)
     }
 
     /// A snapshot of sizes, positions and counters.
