@@ -7,5 +7,6 @@ pub mod http;
 pub mod modbus;
 pub mod mqtt;
 pub mod notify;
+pub mod state;
 pub mod status;
 pub mod uplink;
