@@ -177,8 +177,9 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             },
         ))
     };
+    let modbus_hub = modbus::ModbusHub::new(status.modbus_health());
     let modbus_task = (!devices.is_empty()).then(|| {
-        let (broker, stop, board) = (broker.clone(), stop_rx.clone(), status.modbus_health());
+        let (broker, stop, hub) = (broker.clone(), stop_rx.clone(), modbus_hub.clone());
         tokio::spawn(supervise(
             "modbus",
             status.clone(),
@@ -186,8 +187,8 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             move || {
                 modbus::run(
                     devices.clone(),
-                    broker.clone(),
-                    board.clone(),
+                    hub.clone(),
+                    Some(broker.clone()),
                     stopped(stop.clone()),
                 )
             },

@@ -4,14 +4,20 @@
 //!
 //! Payload (JSON): `{"value": 21.5, "unit": "degC", "quality": "good", "ts": <poll time, ms>}`;
 //! a bad reading has `"value": null`, `"quality": "bad"` and a `"reason"`.
+//!
+//! [`ModbusHub`] is what other components (Sparkplug edge node, web UI) use: latest values,
+//! a fan-out of readings, and writes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ironbridge_adapters::modbus::{Device, DeviceHealth, Poller, Quality, Reading};
-use tokio::sync::mpsc;
+use ironbridge_adapters::modbus::{
+    Device, DeviceHealth, Poller, PollerHandle, Quality, Reading, Value, WriteError, WriteOutcome,
+};
+use tokio::sync::{RwLock, broadcast, mpsc};
 
 use crate::event::Event;
 use crate::mqtt::{BrokerHandle, MqttError};
@@ -21,8 +27,92 @@ pub const TOPIC_PREFIX: &str = "ironbridge/modbus";
 /// Readings waiting to be published; the poller waits when it is full (bounded memory).
 const QUEUE: usize = 1024;
 
+/// Readings kept for each subscriber of [`ModbusHub::subscribe`]; a subscriber that falls
+/// further behind gets `Lagged` and must resynchronise from [`ModbusHub::latest`].
+const FANOUT: usize = 4096;
+
 /// The latest per-device health, shared with `/api/status` and `/metrics`.
 pub type HealthBoard = Arc<Mutex<Vec<DeviceHealth>>>;
+
+/// The running Modbus side as the rest of the gateway sees it: the configured devices, the
+/// latest reading of every tag (report-by-exception means a tag that does not change is not
+/// re-sent, so births and the UI need this), a fan-out of new readings (Sparkplug edge node,
+/// UI), and writes (Sparkplug DCMD, UI). Survives restarts of the polling component.
+pub struct ModbusHub {
+    devices: Mutex<Vec<Arc<Device>>>,
+    latest: Mutex<HashMap<(String, String), Reading>>,
+    readings: broadcast::Sender<Reading>,
+    poller: RwLock<Option<PollerHandle>>,
+    health: HealthBoard,
+}
+
+impl ModbusHub {
+    pub fn new(health: HealthBoard) -> Arc<ModbusHub> {
+        Arc::new(ModbusHub {
+            devices: Mutex::new(Vec::new()),
+            latest: Mutex::new(HashMap::new()),
+            readings: broadcast::channel(FANOUT).0,
+            poller: RwLock::new(None),
+            health,
+        })
+    }
+
+    /// New readings from now on (changes and heartbeats, as the poller reports them).
+    pub fn subscribe(&self) -> broadcast::Receiver<Reading> {
+        self.readings.subscribe()
+    }
+
+    /// The devices being polled (empty while the poller is not running).
+    pub fn devices(&self) -> Vec<Arc<Device>> {
+        lock(&self.devices).clone()
+    }
+
+    /// The latest reading of every tag of `device` seen since the poller started.
+    pub fn latest(&self, device: &str) -> Vec<Reading> {
+        let mut v: Vec<Reading> = lock(&self.latest)
+            .values()
+            .filter(|r| r.device == device)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.tag.cmp(&b.tag));
+        v
+    }
+
+    /// The latest reading of one tag.
+    pub fn latest_tag(&self, device: &str, tag: &str) -> Option<Reading> {
+        lock(&self.latest)
+            .get(&(device.to_string(), tag.to_string()))
+            .cloned()
+    }
+
+    pub fn health(&self) -> Vec<DeviceHealth> {
+        lock(&self.health).clone()
+    }
+
+    /// Writes a tag through the running poller (type and range checked there; read-only and
+    /// unknown tags refused). `WriteError::Stopped` while the poller is not running.
+    pub async fn write(
+        &self,
+        device: &str,
+        tag: &str,
+        value: Value,
+    ) -> Result<WriteOutcome, WriteError> {
+        match self.poller.read().await.as_ref() {
+            Some(p) => p.write(device, tag, value).await,
+            None => Err(WriteError::Stopped),
+        }
+    }
+
+    fn record(&self, r: &Reading) {
+        lock(&self.latest).insert((r.device.clone(), r.tag.clone()), r.clone());
+        // No subscriber is fine.
+        let _ = self.readings.send(r.clone());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Turns a reading into the publish that carries it.
 pub fn reading_event(r: &Reading, unit: &str) -> Event {
@@ -49,14 +139,15 @@ pub fn reading_event(r: &Reading, unit: &str) -> Event {
     }
 }
 
-/// Polls `devices` and publishes their readings until `stop` resolves.
+/// Polls `devices` until `stop` resolves: every reading goes to the hub and, when `json_to` is
+/// given, is published as JSON on `ironbridge/modbus/<device>/<tag>`.
 pub async fn run(
     devices: Vec<Device>,
-    broker: Arc<BrokerHandle>,
-    health: HealthBoard,
+    hub: Arc<ModbusHub>,
+    json_to: Option<Arc<BrokerHandle>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), MqttError> {
-    let units: std::collections::HashMap<(String, String), String> = devices
+    let units: HashMap<(String, String), String> = devices
         .iter()
         .flat_map(|d| {
             d.tags
@@ -66,24 +157,36 @@ pub async fn run(
         .collect();
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let poller = Poller::spawn(devices, tx);
+    *lock(&hub.devices) = poller.devices().to_vec();
+    lock(&hub.latest).clear();
+    *hub.poller.write().await = Some(poller);
     tokio::pin!(stop);
     let mut board_tick = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
             _ = &mut stop => break Ok(()),
             _ = board_tick.tick() => {
-                *health.lock().unwrap_or_else(|p| p.into_inner()) = poller.health();
+                if let Some(p) = hub.poller.read().await.as_ref() {
+                    *lock(&hub.health) = p.health();
+                }
             }
             reading = rx.recv() => {
                 let Some(r) = reading else { break Ok(()) };
-                let unit = units.get(&(r.device.clone(), r.tag.clone())).map(String::as_str).unwrap_or("");
-                if let Err(e) = broker.publish(&reading_event(&r, unit)).await {
-                    break Err(e);
+                hub.record(&r);
+                if let Some(broker) = &json_to {
+                    let unit = units.get(&(r.device.clone(), r.tag.clone())).map(String::as_str).unwrap_or("");
+                    if let Err(e) = broker.publish(&reading_event(&r, unit)).await {
+                        break Err(e);
+                    }
                 }
             }
         }
     };
-    poller.shutdown().await;
+    let poller = hub.poller.write().await.take();
+    lock(&hub.devices).clear();
+    if let Some(p) = poller {
+        p.shutdown().await;
+    }
     result
 }
 
