@@ -11,6 +11,7 @@ use serde::Deserialize;
 use ironbridge_adapters::modbus::ModbusConfig;
 
 use crate::mqtt::MqttConfig;
+use crate::sparkplug::SparkplugConfig;
 use crate::uplink::UplinkConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ironbridge/ironbridge.toml";
@@ -26,6 +27,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub kafka: UplinkConfig,
     pub modbus: ModbusConfig,
+    pub sparkplug: SparkplugConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,6 +7,7 @@ pub mod http;
 pub mod modbus;
 pub mod mqtt;
 pub mod notify;
+pub mod sparkplug;
 pub mod state;
 pub mod status;
 pub mod uplink;

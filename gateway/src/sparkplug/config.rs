@@ -1,0 +1,109 @@
+//! `[sparkplug]` table of `ironbridge.toml`.
+
+use serde::{Deserialize, Serialize};
+
+/// Sparkplug B: the edge node for the gateway's own Modbus devices, ingest of third-party edge
+/// nodes on the embedded broker, and the command path back to the PLC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SparkplugConfig {
+    /// Publish the Modbus devices as a Sparkplug B edge node (NBIRTH/DBIRTH/DDATA...).
+    pub enabled: bool,
+    /// Sparkplug group id (`spBv1.0/<group_id>/...`).
+    pub group_id: String,
+    /// Edge node id. Default: the gateway id.
+    pub edge_node_id: String,
+    /// Primary host application id; when set, births are published only while that host's
+    /// `spBv1.0/STATE/<id>` says it is online (Sparkplug 3.0 primary host awareness).
+    pub primary_host_id: Option<String>,
+    /// Also publish the plain JSON topics `ironbridge/modbus/<device>/<tag>` while the edge node
+    /// is enabled (they are always published when it is not).
+    pub json_topics: bool,
+    /// Optionally also publish the edge node to an upstream MQTT server (with its own NDEATH will).
+    pub upstream: Option<UpstreamConfig>,
+    pub ingest: IngestConfig,
+    pub commands: CommandsConfig,
+}
+
+impl Default for SparkplugConfig {
+    fn default() -> Self {
+        SparkplugConfig {
+            enabled: false,
+            group_id: "ironbridge".into(),
+            edge_node_id: String::new(),
+            primary_host_id: None,
+            json_topics: false,
+            upstream: None,
+            ingest: IngestConfig::default(),
+            commands: CommandsConfig::default(),
+        }
+    }
+}
+
+/// An upstream MQTT server the edge node also publishes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port`.
+    pub server: String,
+    /// Default: `ironbridge-<edge_node_id>`.
+    #[serde(default)]
+    pub client_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS to the upstream server.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM CA bundle for TLS (default: the system roots).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u16,
+}
+
+fn default_keep_alive() -> u16 {
+    30
+}
+
+/// Ingest of Sparkplug B from other edge nodes publishing to the embedded broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Decode `spBv1.0/#` publishes, track births and sequence numbers.
+    pub enabled: bool,
+    /// Send `Node Control/Rebirth` (NCMD) to a node whose seq jumps or whose birth is unknown.
+    pub request_rebirth: bool,
+    /// At most one rebirth request per node in this interval.
+    pub rebirth_min_interval_ms: u64,
+    /// Metrics per payload beyond which a payload is counted oversize and skipped.
+    pub max_metrics: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enabled: true,
+            request_rebirth: true,
+            rebirth_min_interval_ms: 5_000,
+            max_metrics: 10_000,
+        }
+    }
+}
+
+/// Commands from the plant's systems back to the PLC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Kafka topic the uplink reads commands from (empty: off). Offset kept in the state store.
+    pub kafka_topic: String,
+    /// Kafka topic every command's result is written to (empty: log and status only).
+    pub result_topic: String,
+    /// Tags commands may write, as `device/tag`; `device/*` allows every writable tag of a
+    /// device. Applies to Kafka commands; DCMDs on the broker may write any writable tag
+    /// unless `restrict_dcmd` is set.
+    pub allow: Vec<String>,
+    /// Apply the allow-list to DCMDs arriving over MQTT too.
+    pub restrict_dcmd: bool,
+}
