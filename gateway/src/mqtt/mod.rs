@@ -75,6 +75,72 @@ pub struct BrokerHandle {
     servers: Vec<JoinHandle<()>>,
     local_tx: Mutex<LinkTx>,
     _local_rx: LinkRx,
+    links: router::LinkFactory,
+}
+
+/// A message delivered to an in-process subscriber.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub retain: bool,
+}
+
+/// An in-process subscription on the embedded broker (see [`BrokerHandle::subscribe`]).
+/// Delivery is the router's QoS 0: a subscriber that does not keep up is paused by the router
+/// (bounded memory) and may miss messages, never blocks publishers.
+pub struct Subscription {
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+impl Subscription {
+    /// The next message; `None` once the router is gone.
+    pub async fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.rx.next().await {
+                Ok(Some(rumqttd::Notification::Forward(f))) => {
+                    return Some(Message {
+                        topic: String::from_utf8_lossy(&f.publish.topic).into_owned(),
+                        payload: f.publish.payload,
+                        retain: f.publish.retain,
+                    });
+                }
+                // The router paused this link because its queue filled: ask to be rescheduled.
+                Ok(Some(rumqttd::Notification::Unschedule)) => {
+                    if self.rx.wake().await.is_err() {
+                        return None;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Adds a filter to this subscription.
+    pub async fn add(&mut self, filter: &str) -> Result<(), MqttError> {
+        subscribe_filter(&mut self.tx, filter).await
+    }
+}
+
+async fn subscribe_filter(tx: &mut LinkTx, filter: &str) -> Result<(), MqttError> {
+    use rumqttd::protocol::{Filter, QoS, RetainForwardRule, Subscribe};
+    let subscribe = Subscribe {
+        pkid: 0,
+        filters: vec![Filter {
+            path: filter.to_string(),
+            qos: QoS::AtMostOnce,
+            nolocal: false,
+            preserve_retain: true,
+            // Retained messages (e.g. a Sparkplug host's STATE) are delivered on subscribe.
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }],
+    };
+    tx.send(Packet::Subscribe(subscribe, None))
+        .await
+        .map(|_| ())
+        .map_err(|e| MqttError::Router(format!("subscribe {filter}: {e}")))
 }
 
 async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, MqttError> {
@@ -145,6 +211,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
         servers: internal.servers,
         local_tx: Mutex::new(local_tx),
         _local_rx: local_rx,
+        links: internal.links,
     })
 }
 
@@ -196,6 +263,23 @@ impl BrokerHandle {
             .await
             .map_err(|e| MqttError::Router(format!("local publish: {e}")))?;
         Ok(offsets)
+    }
+
+    /// Subscribes an in-process component (e.g. the Sparkplug edge node listening for NCMD/DCMD)
+    /// to `filters` on the embedded broker. `client_id` must be unique among local links.
+    /// It sees what MQTT clients publish and what [`BrokerHandle::publish`] publishes, and
+    /// retained messages matching a filter when it subscribes.
+    pub async fn subscribe(
+        &self,
+        client_id: &str,
+        filters: &[&str],
+    ) -> Result<Subscription, MqttError> {
+        let (mut tx, rx) = (self.links)(client_id)
+            .map_err(|e| MqttError::Router(format!("local link {client_id}: {e}")))?;
+        for f in filters {
+            subscribe_filter(&mut tx, f).await?;
+        }
+        Ok(Subscription { tx, rx })
     }
 
     /// Stops accepting, closes client connections (waiting up to 5 s for them) and the

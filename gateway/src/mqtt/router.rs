@@ -26,7 +26,12 @@ pub(crate) struct Internal {
     pub(crate) password: String,
     pub(crate) servers: Vec<JoinHandle<()>>,
     pub(crate) local: (LinkTx, LinkRx),
+    pub(crate) links: LinkFactory,
 }
+
+/// Opens further local links (in-process subscribers) to the router. A closure because
+/// rumqttd does not export the router channel's item type.
+pub(crate) type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync>;
 
 fn random_token() -> String {
     let mut b = [0u8; 16];
@@ -110,6 +115,13 @@ pub(crate) async fn start(cfg: &MqttConfig) -> Result<Internal, MqttError> {
         )
         .await?,
     ];
+    let links_tx = router_tx.clone();
+    let links: LinkFactory = Box::new(move |client_id: &str| {
+        LinkBuilder::new(client_id, links_tx.clone())
+            .build()
+            .map(|(tx, rx, _connack)| (tx, rx))
+            .map_err(|e| e.to_string())
+    });
     let local = match LinkBuilder::new(LOCAL_CLIENT_ID, router_tx).build() {
         Ok((tx, rx, _connack)) => (tx, rx),
         Err(e) => {
@@ -123,5 +135,6 @@ pub(crate) async fn start(cfg: &MqttConfig) -> Result<Internal, MqttError> {
         password,
         servers,
         local,
+        links,
     })
 }
