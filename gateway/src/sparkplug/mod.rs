@@ -8,6 +8,7 @@
 //! runtime in the binary, and the part that would remain (topic parsing) is `topic.rs`.
 
 pub mod config;
+pub mod payload;
 pub mod proto;
 pub mod topic;
 
