@@ -8,7 +8,9 @@
 //! runtime in the binary, and the part that would remain (topic parsing) is `topic.rs`.
 
 pub mod audit;
+pub mod births;
 pub mod config;
+pub mod ingest;
 pub mod payload;
 pub mod proto;
 pub mod topic;

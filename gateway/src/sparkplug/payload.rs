@@ -205,6 +205,14 @@ impl serde::Serialize for DataType {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for DataType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DataType::from_name(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown Sparkplug datatype {s:?}")))
+    }
+}
+
 /// A typed value. `None` next to it (in [`Metric::value`] etc.) means null.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricValue {
