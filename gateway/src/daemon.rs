@@ -147,6 +147,16 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    // Small keyed state (Sparkplug births, bdSeq, command offsets): sled in <state_dir>/state.
+    let state_path = config.gateway.state_dir.join("state");
+    let state = {
+        let p = state_path.clone();
+        tokio::task::spawn_blocking(move || crate::state::StateStore::open(&p))
+            .await
+            .context("state store task")?
+            .with_context(|| format!("opening the state store at {}", state_path.display()))?
+    };
+
     let listener = tokio::net::TcpListener::bind(config.web.listen)
         .await
         .with_context(|| format!("web.listen: cannot listen on {}", config.web.listen))?;
@@ -163,19 +173,18 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     }
     let uplink_task = {
         let (log, st, stop) = (log.clone(), uplink_status.clone(), stop_rx.clone());
-        tokio::spawn(supervise(
-            "uplink",
-            status.clone(),
-            stop_rx.clone(),
+        tokio::spawn(supervise("uplink", status.clone(), stop_rx.clone(), {
+            let state = state.clone();
             move || {
-                uplink::run(
+                uplink::run_with_state(
                     kafka.clone(),
                     log.clone(),
                     st.clone(),
+                    Some(state.clone()),
                     stopped(stop.clone()),
                 )
-            },
-        ))
+            }
+        }))
     };
     let modbus_hub = modbus::ModbusHub::new(status.modbus_health());
     let modbus_task = (!devices.is_empty()).then(|| {
@@ -194,6 +203,34 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             },
         ))
     });
+    // sp-data: Sparkplug ingest of third-party edge nodes on the embedded broker.
+    let sparkplug_ingest = if config.sparkplug.ingest.enabled {
+        let own_node = if config.sparkplug.edge_node_id.is_empty() {
+            gateway_id.clone()
+        } else {
+            config.sparkplug.edge_node_id.clone()
+        };
+        let ingest_status = crate::sparkplug::ingest::IngestStatus::new();
+        status.set_sparkplug_ingest(ingest_status.clone());
+        let ingest = crate::sparkplug::ingest::Ingest::new(
+            config.sparkplug.ingest.clone(),
+            (config.sparkplug.group_id.clone(), own_node),
+            Some(&state),
+            ingest_status,
+        )
+        .context("starting the Sparkplug ingest")?;
+        let ingest = Arc::new(tokio::sync::Mutex::new(ingest));
+        let (i, broker, stop) = (ingest.clone(), broker.clone(), stop_rx.clone());
+        let task = tokio::spawn(supervise(
+            "sparkplug_ingest",
+            status.clone(),
+            stop_rx.clone(),
+            move || crate::sparkplug::ingest::run(i.clone(), broker.clone(), stopped(stop.clone())),
+        ));
+        Some((ingest, task))
+    } else {
+        None
+    };
     status.set_component("mqtt", ComponentState::Running);
     status.set_component("web", ComponentState::Running);
     tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), "ironbridge running");
@@ -233,6 +270,9 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.gateway.shutdown_timeout_ms);
     let orderly = async {
         if let Some(t) = modbus_task {
+            let _ = t.await;
+        }
+        if let Some((_, t)) = sparkplug_ingest {
             let _ = t.await;
         }
         if let Some(d) = demo {
