@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::notify::Notifier;
+use crate::state::StateStore;
 use crate::status::{ComponentState, GatewayStatus};
 use crate::uplink::UplinkStatus;
 use crate::{http, modbus, mqtt, uplink};
@@ -133,6 +134,17 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
         truncated_bytes = s.truncated_bytes,
         "buffer open"
     );
+
+    // Small keyed state (Sparkplug bdSeq and births, web users and sessions, command offsets).
+    // One instance per process: sled locks its directory.
+    let state_dir = config.gateway.state_dir.join("state");
+    let state = {
+        let dir = state_dir.clone();
+        tokio::task::spawn_blocking(move || StateStore::open(&dir))
+            .await
+            .context("state store task")?
+            .with_context(|| format!("opening the state store at {}", state_dir.display()))?
+    };
 
     let broker = mqtt::start(config.mqtt.clone(), log.clone())
         .await
@@ -290,6 +302,9 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             grace_ms = grace.as_millis() as u64,
             "shutdown took too long; syncing and exiting"
         );
+    }
+    if let Err(e) = state.flush() {
+        tracing::error!(error = %e, "state store flush failed");
     }
     let sync = tokio::task::spawn_blocking(move || log.sync()).await;
     match sync {
