@@ -159,16 +159,6 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    // Small keyed state (Sparkplug births, bdSeq, command offsets): sled in <state_dir>/state.
-    let state_path = config.gateway.state_dir.join("state");
-    let state = {
-        let p = state_path.clone();
-        tokio::task::spawn_blocking(move || crate::state::StateStore::open(&p))
-            .await
-            .context("state store task")?
-            .with_context(|| format!("opening the state store at {}", state_path.display()))?
-    };
-
     let listener = tokio::net::TcpListener::bind(config.web.listen)
         .await
         .with_context(|| format!("web.listen: cannot listen on {}", config.web.listen))?;
