@@ -233,6 +233,52 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    // sp-data: commands from Kafka → DCMD/NCMD on the local broker; results to Kafka.
+    // The one CommandAudit shared with the edge node (sp-node) that executes the commands.
+    let command_audit = Arc::new(crate::sparkplug::audit::CommandAudit::new(
+        crate::sparkplug::audit::DEFAULT_CAPACITY,
+    ));
+    let commands_task = (config.kafka.is_enabled()
+        && !config.sparkplug.commands.kafka_topic.is_empty())
+    .then(|| {
+        let edge_node_id = if config.sparkplug.edge_node_id.is_empty() {
+            gateway_id.clone()
+        } else {
+            config.sparkplug.edge_node_id.clone()
+        };
+        let (kafka, sp, gw) = (
+            config.kafka.clone(),
+            config.sparkplug.clone(),
+            gateway_id.clone(),
+        );
+        let (broker, audit, state, stop) = (
+            broker.clone(),
+            command_audit.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        );
+        let ingest = sparkplug_ingest.as_ref().map(|(i, _)| i.clone());
+        tokio::spawn(supervise(
+            "sparkplug_commands",
+            status.clone(),
+            stop_rx.clone(),
+            move || {
+                uplink::commands::run(
+                    kafka.clone(),
+                    uplink::commands::Context {
+                        sparkplug: sp.clone(),
+                        edge_node_id: edge_node_id.clone(),
+                        gateway_id: gw.clone(),
+                        broker: broker.clone(),
+                        audit: audit.clone(),
+                        ingest: ingest.clone(),
+                        state: state.clone(),
+                    },
+                    stopped(stop.clone()),
+                )
+            },
+        ))
+    });
     status.set_component("mqtt", ComponentState::Running);
     status.set_component("web", ComponentState::Running);
     tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), "ironbridge running");
@@ -275,6 +321,9 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             let _ = t.await;
         }
         if let Some((_, t)) = sparkplug_ingest {
+            let _ = t.await;
+        }
+        if let Some(t) = commands_task {
             let _ = t.await;
         }
         if let Some(d) = demo {

@@ -23,6 +23,7 @@
 //! [`route`] for routing, keys, partitions, headers and the JSON envelope; [`config`] for the
 //! `[kafka]` table.
 
+pub mod commands;
 pub mod config;
 pub mod partitioner;
 mod producer;
