@@ -175,19 +175,18 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     }
     let uplink_task = {
         let (log, st, stop) = (log.clone(), uplink_status.clone(), stop_rx.clone());
-        tokio::spawn(supervise(
-            "uplink",
-            status.clone(),
-            stop_rx.clone(),
+        tokio::spawn(supervise("uplink", status.clone(), stop_rx.clone(), {
+            let state = state.clone();
             move || {
-                uplink::run(
+                uplink::run_with_state(
                     kafka.clone(),
                     log.clone(),
                     st.clone(),
+                    Some(state.clone()),
                     stopped(stop.clone()),
                 )
-            },
-        ))
+            }
+        }))
     };
     let modbus_hub = modbus::ModbusHub::new(status.modbus_health());
     let modbus_task = (!devices.is_empty()).then(|| {
@@ -201,6 +200,80 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
                     devices.clone(),
                     hub.clone(),
                     Some(broker.clone()),
+                    stopped(stop.clone()),
+                )
+            },
+        ))
+    });
+    // sp-data: Sparkplug ingest of third-party edge nodes on the embedded broker.
+    let sparkplug_ingest = if config.sparkplug.ingest.enabled {
+        let own_node = if config.sparkplug.edge_node_id.is_empty() {
+            gateway_id.clone()
+        } else {
+            config.sparkplug.edge_node_id.clone()
+        };
+        let ingest_status = crate::sparkplug::ingest::IngestStatus::new();
+        status.set_sparkplug_ingest(ingest_status.clone());
+        let ingest = crate::sparkplug::ingest::Ingest::new(
+            config.sparkplug.ingest.clone(),
+            (config.sparkplug.group_id.clone(), own_node),
+            Some(&state),
+            ingest_status,
+        )
+        .context("starting the Sparkplug ingest")?;
+        let ingest = Arc::new(tokio::sync::Mutex::new(ingest));
+        let (i, broker, stop) = (ingest.clone(), broker.clone(), stop_rx.clone());
+        let task = tokio::spawn(supervise(
+            "sparkplug_ingest",
+            status.clone(),
+            stop_rx.clone(),
+            move || crate::sparkplug::ingest::run(i.clone(), broker.clone(), stopped(stop.clone())),
+        ));
+        Some((ingest, task))
+    } else {
+        None
+    };
+    // sp-data: commands from Kafka → DCMD/NCMD on the local broker; results to Kafka.
+    // The one CommandAudit shared with the edge node (sp-node) that executes the commands.
+    let command_audit = Arc::new(crate::sparkplug::audit::CommandAudit::new(
+        crate::sparkplug::audit::DEFAULT_CAPACITY,
+    ));
+    let commands_task = (config.kafka.is_enabled()
+        && !config.sparkplug.commands.kafka_topic.is_empty())
+    .then(|| {
+        let edge_node_id = if config.sparkplug.edge_node_id.is_empty() {
+            gateway_id.clone()
+        } else {
+            config.sparkplug.edge_node_id.clone()
+        };
+        let (kafka, sp, gw) = (
+            config.kafka.clone(),
+            config.sparkplug.clone(),
+            gateway_id.clone(),
+        );
+        let (broker, audit, state, stop) = (
+            broker.clone(),
+            command_audit.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        );
+        let ingest = sparkplug_ingest.as_ref().map(|(i, _)| i.clone());
+        tokio::spawn(supervise(
+            "sparkplug_commands",
+            status.clone(),
+            stop_rx.clone(),
+            move || {
+                uplink::commands::run(
+                    kafka.clone(),
+                    uplink::commands::Context {
+                        sparkplug: sp.clone(),
+                        edge_node_id: edge_node_id.clone(),
+                        gateway_id: gw.clone(),
+                        broker: broker.clone(),
+                        audit: audit.clone(),
+                        ingest: ingest.clone(),
+                        state: state.clone(),
+                    },
                     stopped(stop.clone()),
                 )
             },
@@ -245,6 +318,12 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let grace = Duration::from_millis(config.gateway.shutdown_timeout_ms);
     let orderly = async {
         if let Some(t) = modbus_task {
+            let _ = t.await;
+        }
+        if let Some((_, t)) = sparkplug_ingest {
+            let _ = t.await;
+        }
+        if let Some(t) = commands_task {
             let _ = t.await;
         }
         if let Some(d) = demo {

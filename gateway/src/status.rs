@@ -57,6 +57,7 @@ struct Inner {
     components: Mutex<BTreeMap<&'static str, ComponentStatus>>,
     modbus: HealthBoard,
     rates: Mutex<RateSampler>,
+    sparkplug_ingest: Mutex<Option<Arc<crate::sparkplug::ingest::IngestStatus>>>,
 }
 
 /// The previous sample (time, appended, forwarded) and the rates derived from it.
@@ -91,6 +92,9 @@ pub struct StatusReport {
     pub mqtt: MqttReport,
     pub devices: Vec<DeviceHealth>,
     pub rates: Rates,
+    /// Sparkplug ingest of third-party edge nodes (when running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug_ingest: Option<crate::sparkplug::ingest::IngestSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,6 +140,7 @@ impl GatewayStatus {
                 components: Mutex::new(BTreeMap::new()),
                 modbus: HealthBoard::default(),
                 rates: Mutex::new(RateSampler::default()),
+                sparkplug_ingest: Mutex::new(None),
             }),
         }
     }
@@ -150,6 +155,11 @@ impl GatewayStatus {
             entry.restarts += 1;
         }
         entry.state = state;
+    }
+
+    /// Shows the Sparkplug ingest counters and node view in the report and metrics.
+    pub fn set_sparkplug_ingest(&self, s: Arc<crate::sparkplug::ingest::IngestStatus>) {
+        *lock(&self.inner.sparkplug_ingest) = Some(s);
     }
 
     /// Where the Modbus component posts per-device health.
@@ -242,6 +252,9 @@ impl GatewayStatus {
             },
             devices: lock(&self.inner.modbus).clone(),
             rates: lock(&self.inner.rates).rates,
+            sparkplug_ingest: lock(&self.inner.sparkplug_ingest)
+                .as_ref()
+                .map(|s| s.snapshot()),
         }
     }
 
@@ -574,6 +587,9 @@ impl GatewayStatus {
             "Restarts of supervised components.",
             &samples,
         );
+        if let Some(sp) = lock(&self.inner.sparkplug_ingest).as_ref() {
+            sp.render_metrics(&mut out);
+        }
         out
     }
 }

@@ -7,7 +7,11 @@
 //! its payload types are generated for the `protobuf` crate, which would put a second protobuf
 //! runtime in the binary, and the part that would remain (topic parsing) is `topic.rs`.
 
+pub mod audit;
+pub mod births;
 pub mod config;
+pub mod ingest;
+pub mod payload;
 pub mod proto;
 pub mod topic;
 

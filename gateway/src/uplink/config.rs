@@ -13,7 +13,7 @@
 //! filter = "plant/+/temperature"
 //! topic = "telemetry"
 //! key = "{level[1]}"                     # see the key template syntax in `route`
-//! value = "json"                         # raw | json
+//! value = "json"                         # raw | json | sparkplug_json | sparkplug_metrics
 //!
 //! [kafka.tls]
 //! enabled = true
@@ -231,6 +231,25 @@ pub enum ValueFormat {
     /// A JSON envelope: topic, qos, retain, timestamp, client id, content type, user properties
     /// and the payload as UTF-8 text or base64 (see `route::envelope`).
     Json,
+    /// Sparkplug B decoded to JSON, one record per message: group, edge node, device, message
+    /// type, seq, timestamp and the metrics with names (aliases resolved), datatypes, values,
+    /// timestamps and quality (see `uplink::sparkplug`). Other payloads on such a route are
+    /// sent as with `raw`.
+    #[serde(rename = "sparkplug_json")]
+    SparkplugJson,
+    /// Like `sparkplug_json`, but one record per metric.
+    #[serde(rename = "sparkplug_metrics")]
+    SparkplugMetrics,
+}
+
+impl ValueFormat {
+    /// Whether records of this format are decoded Sparkplug.
+    pub fn is_sparkplug(self) -> bool {
+        matches!(
+            self,
+            ValueFormat::SparkplugJson | ValueFormat::SparkplugMetrics
+        )
+    }
 }
 
 /// A configuration error, naming the field.

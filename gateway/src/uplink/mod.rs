@@ -23,10 +23,12 @@
 //! [`route`] for routing, keys, partitions, headers and the JSON envelope; [`config`] for the
 //! `[kafka]` table.
 
+pub mod commands;
 pub mod config;
 pub mod partitioner;
 mod producer;
 pub mod route;
+pub mod sparkplug;
 pub mod status;
 mod tls;
 
@@ -65,6 +67,18 @@ pub async fn run(
     status: Arc<UplinkStatus>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), UplinkError> {
+    run_with_state(config, log, status, None, shutdown).await
+}
+
+/// [`run`], with the gateway's state store for the Sparkplug birth history of
+/// `sparkplug_json` / `sparkplug_metrics` routes (kept in memory only without one).
+pub async fn run_with_state(
+    config: UplinkConfig,
+    log: Arc<Log>,
+    status: Arc<UplinkStatus>,
+    state: Option<crate::state::StateStore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), UplinkError> {
     config.validate()?;
     status.attach(&config, &log);
     if !config.is_enabled() {
@@ -80,7 +94,7 @@ pub async fn run(
         None
     };
     let gateway_id = config.effective_gateway_id();
-    let router = route::Router::new(&config, gateway_id.clone())?;
+    let router = route::Router::with_state(&config, gateway_id.clone(), state.as_ref())?;
     tracing::info!(
         brokers = ?config.bootstrap_servers,
         gateway_id = %gateway_id,

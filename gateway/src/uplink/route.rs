@@ -55,6 +55,7 @@ use rskafka::record::Record;
 
 use super::config::{Unmatched, UplinkConfig, ValueFormat};
 use super::partitioner::{murmur2, to_positive};
+use super::sparkplug::{self as sp, SparkplugDecoder};
 use crate::event::Event;
 
 /// A parsed MQTT topic filter.
@@ -366,6 +367,8 @@ pub struct Router {
     default_key: KeyTemplate,
     retained_topic: Option<Arc<str>>,
     gateway_id: String,
+    /// Present when a route decodes Sparkplug: sees every record, in log order.
+    sparkplug: Option<SparkplugDecoder>,
 }
 
 impl Router {
@@ -373,6 +376,16 @@ impl Router {
     pub fn new(
         config: &UplinkConfig,
         gateway_id: String,
+    ) -> Result<Router, super::config::ConfigError> {
+        Self::with_state(config, gateway_id, None)
+    }
+
+    /// Like [`Router::new`]; the Sparkplug birth history of `sparkplug_*` routes is persisted in
+    /// `state` (see `uplink::sparkplug`).
+    pub fn with_state(
+        config: &UplinkConfig,
+        gateway_id: String,
+        state: Option<&crate::state::StateStore>,
     ) -> Result<Router, super::config::ConfigError> {
         use super::config::ConfigError;
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -395,6 +408,11 @@ impl Router {
             },
             retained_topic: config.retained_topic.as_deref().map(Arc::from),
             gateway_id,
+            sparkplug: config
+                .routes
+                .iter()
+                .any(|r| r.value.is_sparkplug())
+                .then(|| SparkplugDecoder::new(state)),
         })
     }
 
@@ -403,7 +421,12 @@ impl Router {
     }
 
     /// Routes one decoded event accepted at `timestamp_ms` and stored at `offset`.
-    pub fn route(&self, event: &Event, offset: u64, timestamp_ms: i64) -> Routed {
+    pub fn route(&mut self, event: &Event, offset: u64, timestamp_ms: i64) -> Routed {
+        // Births are learnt from every record, whatever route it takes.
+        let decoded = self
+            .sparkplug
+            .as_mut()
+            .and_then(|d| d.observe(event, offset));
         let matched = self
             .routes
             .iter()
@@ -427,12 +450,40 @@ impl Router {
             },
         };
         let key = key_t.render(event, &self.gateway_id);
-        let value = match value {
-            ValueFormat::Raw => event.payload.to_vec(),
-            ValueFormat::Json => envelope(event, timestamp_ms),
-        };
-        let mut out =
-            vec![self.build(event, offset, timestamp_ms, topic, key, Some(value), origin)];
+        let mut out = Vec::with_capacity(1);
+        match (value, &decoded) {
+            (ValueFormat::SparkplugMetrics, Some(d)) => {
+                for (i, v) in sp::metric_values(d, event, timestamp_ms)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let mut b = self.build(
+                        event,
+                        offset,
+                        timestamp_ms,
+                        Arc::clone(&topic),
+                        key.clone(),
+                        Some(v.to_vec()),
+                        origin,
+                    );
+                    b.record
+                        .headers
+                        .insert("sparkplug_metric_index".into(), i.to_string().into_bytes());
+                    b.size += 32;
+                    out.push(b);
+                }
+            }
+            _ => {
+                let value = match (value, &decoded) {
+                    (ValueFormat::SparkplugJson, Some(d)) => {
+                        sp::message_value(d, event, timestamp_ms)
+                    }
+                    (ValueFormat::Json, _) => envelope(event, timestamp_ms),
+                    _ => event.payload.to_vec(),
+                };
+                out.push(self.build(event, offset, timestamp_ms, topic, key, Some(value), origin));
+            }
+        }
         if let Some(b) = self.retained(event, offset, timestamp_ms) {
             out.push(b);
         }
@@ -663,21 +714,21 @@ mod tests {
             route("plant/+/temp", "temps", "{level[1]}", ValueFormat::Raw),
             route("plant/#", "plant", "{topic}", ValueFormat::Json),
         ];
-        let r = router(routes.clone(), Unmatched::Forward, None);
-        let one = |r: &Router, topic: &str| match r.route(&ev(topic), 7, 1000) {
+        let mut r = router(routes.clone(), Unmatched::Forward, None);
+        let one = |r: &mut Router, topic: &str| match r.route(&ev(topic), 7, 1000) {
             Routed::Records(mut v) => {
                 assert_eq!(v.len(), 1);
                 v.pop()
             }
             Routed::Dropped => None,
         };
-        let b = one(&r, "plant/l1/temp").expect("routed");
+        let b = one(&mut r, "plant/l1/temp").expect("routed");
         assert_eq!((&*b.topic, b.origin), ("temps", Origin::Route(0)));
         assert_eq!(b.record.key.as_deref(), Some(&b"l1"[..]));
         assert_eq!(b.hash, to_positive(murmur2(b"l1")));
         assert_eq!(b.record.value.as_deref(), Some(&b"21.5"[..]));
         assert_eq!(b.record.timestamp.timestamp_millis(), 1000);
-        let b = one(&r, "plant/l1/pressure").expect("routed");
+        let b = one(&mut r, "plant/l1/pressure").expect("routed");
         assert_eq!((&*b.topic, b.origin), ("plant", Origin::Route(1)));
         assert!(
             b.record
@@ -685,16 +736,16 @@ mod tests {
                 .as_deref()
                 .is_some_and(|v| v.starts_with(b"{"))
         );
-        let b = one(&r, "other").expect("default");
+        let b = one(&mut r, "other").expect("default");
         assert_eq!((&*b.topic, b.origin), ("mqtt", Origin::Default));
         assert_eq!(b.record.key.as_deref(), Some(&b"other"[..]));
-        let r = router(routes, Unmatched::Drop, None);
-        assert!(one(&r, "other").is_none());
+        let mut r = router(routes, Unmatched::Drop, None);
+        assert!(one(&mut r, "other").is_none());
     }
 
     #[test]
     fn keyless_records_partition_by_mqtt_topic() {
-        let r = router(
+        let mut r = router(
             vec![route("#", "all", "", ValueFormat::Raw)],
             Unmatched::Drop,
             None,
@@ -708,7 +759,7 @@ mod tests {
 
     #[test]
     fn retained_messages_also_go_to_the_retained_topic() {
-        let r = router(
+        let mut r = router(
             vec![route("a/#", "t", "x", ValueFormat::Raw)],
             Unmatched::Drop,
             Some("retained"),
@@ -731,5 +782,93 @@ mod tests {
         assert_eq!(v[0].record.value, None);
         e.retain = false;
         assert!(matches!(r.route(&e, 5, 0), Routed::Dropped));
+    }
+}
+
+#[cfg(test)]
+mod sparkplug_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::sparkplug::payload::{Metric, MetricValue, Payload};
+    use crate::uplink::config::RouteConfig;
+
+    #[test]
+    fn sparkplug_routes_decode_and_learn_births_from_every_record() {
+        let c = UplinkConfig {
+            routes: vec![
+                RouteConfig {
+                    name: None,
+                    filter: "spBv1.0/+/NBIRTH/#".into(),
+                    topic: "births".into(),
+                    key: "{topic}".into(),
+                    value: ValueFormat::Raw,
+                },
+                RouteConfig {
+                    name: None,
+                    filter: "spBv1.0/#".into(),
+                    topic: "metrics".into(),
+                    key: "{sparkplug.edge_node_id}".into(),
+                    value: ValueFormat::SparkplugMetrics,
+                },
+                RouteConfig {
+                    name: None,
+                    filter: "#".into(),
+                    topic: "other".into(),
+                    key: "{topic}".into(),
+                    value: ValueFormat::SparkplugJson,
+                },
+            ],
+            ..Default::default()
+        };
+        c.validate().expect("valid");
+        let mut r = Router::new(&c, "gw".into()).expect("router");
+        let ev = |topic: &str, p: Payload| Event {
+            topic: topic.into(),
+            payload: Bytes::from(p.encode().expect("encode")),
+            ..Event::default()
+        };
+        let birth = Payload::new(1, Some(0))
+            .with_metric(Metric::new("a", MetricValue::Int8(0)).with_alias(1))
+            .with_metric(Metric::new("b", MetricValue::Boolean(false)).with_alias(2));
+        // The birth goes raw to "births", and is learnt anyway.
+        let Routed::Records(v) = r.route(&ev("spBv1.0/g/NBIRTH/n", birth.clone()), 1, 0) else {
+            panic!("dropped")
+        };
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            v[0].record.value.as_deref(),
+            Some(&birth.encode().expect("e")[..])
+        );
+        let mut data = Payload::new(2, Some(1));
+        data.metrics = vec![
+            Metric::aliased(1, MetricValue::UInt32(0xFF)),
+            Metric::aliased(2, MetricValue::Boolean(true)),
+        ];
+        let Routed::Records(v) = r.route(&ev("spBv1.0/g/NDATA/n", data), 2, 0) else {
+            panic!("dropped")
+        };
+        assert_eq!(v.len(), 2);
+        let j: serde_json::Value =
+            serde_json::from_slice(v[0].record.value.as_deref().expect("value")).expect("json");
+        assert_eq!(
+            (j["name"].as_str(), j["value"].as_i64()),
+            (Some("a"), Some(-1))
+        );
+        assert_eq!(
+            v[1].record.headers.get("sparkplug_metric_index"),
+            Some(&b"1".to_vec())
+        );
+        assert_eq!(v[1].record.key.as_deref(), Some(&b"n"[..]));
+        // Not Sparkplug: sent as-is.
+        let plain = Event {
+            topic: "plant/x".into(),
+            payload: Bytes::from_static(b"21.5"),
+            ..Event::default()
+        };
+        let Routed::Records(v) = r.route(&plain, 3, 0) else {
+            panic!("dropped")
+        };
+        assert_eq!(v[0].record.value.as_deref(), Some(&b"21.5"[..]));
     }
 }
