@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ironbridge-target}"
 bash tests/scripts/install-deps.sh
 rm -rf "$IRONBRIDGE_CAMPAIGN_OUT"
 # The campaign's tests share the machine's 2 cores with the daemon: one at a time.
-cargo nextest run -p ironbridge-e2e --locked --cargo-profile test-opt --test campaign \
+cargo nextest run -p ironbridge-e2e --locked --cargo-profile test-opt --profile campaign --test campaign \
     --test-threads 1 --no-fail-fast || status=$?
 python3 tests/campaign/report.py "$IRONBRIDGE_CAMPAIGN_OUT" docs/campaign/REPORT.md
 exit "${status:-0}"
