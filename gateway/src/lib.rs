@@ -10,3 +10,4 @@ pub mod notify;
 pub mod state;
 pub mod status;
 pub mod uplink;
+pub mod web;
