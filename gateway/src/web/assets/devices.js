@@ -59,7 +59,7 @@ function listView(main) {
 function detailView(main, name) {
   const slot = el("div");
   const head = el("div");
-  const health = el("section", { class: "card" });
+  const health = el("section", { class: "card" }, el("div", { class: "muted", text: "Loading…" }));
   const body = el("tbody");
   const csvInput = el("input", { type: "file", class: "hidden", attrs: { accept: ".csv,text/csv" } });
   const actions = [

@@ -50,8 +50,9 @@ function configCard() {
     el("p", { class: "muted", text: "The whole configuration as TOML, with secrets masked. Upload replaces it after validation." }),
     slot,
     el("div", { class: "form-actions" },
-      el("a", { class: "btn", href: "/api/config/toml", text: "Download TOML", attrs: { download: "ironbridge.toml" } }),
-      isAdmin() ? el("button", { type: "button", text: "Upload TOML…", on: { click: () => file.click() } }) : null, file));
+      isAdmin() ? el("a", { class: "btn", href: "/api/config/toml", text: "Download TOML", attrs: { download: "ironbridge.toml" } }) : null,
+      isAdmin() ? el("button", { type: "button", text: "Upload TOML…", on: { click: () => file.click() } }) : null, file,
+      isAdmin() ? null : el("span", { class: "muted small", text: "Administrators can download and upload the file." })));
 }
 
 function passwordCard() {
@@ -59,7 +60,7 @@ function passwordCard() {
   const n1 = textInput("", { type: "password", autocomplete: "new-password" });
   const n2 = textInput("", { type: "password", autocomplete: "new-password" });
   const slot = el("div");
-  const form = el("form", { attrs: { novalidate: true } },
+  const form = el("form", { id: "password-form", attrs: { novalidate: true } },
     el("div", { class: "fields" },
       field("Current password", cur, { name: "current", always: true }),
       field("New password", n1, { name: "new", always: true, help: "At least 12 characters." }),
