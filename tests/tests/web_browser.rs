@@ -168,6 +168,7 @@ async fn run() -> Result<()> {
     // No Kafka and no device in the file: the operator configures both in the browser.
     let gw = Gateway::start(GatewayOptions {
         id: "e2e-web".into(),
+        auto_setup: false,
         ..Default::default()
     })
     .await?;
