@@ -107,6 +107,10 @@ pub async fn put_toml(
     Extension(p): Extension<Principal>,
     TextBody(text): TextBody,
 ) -> ApiResult {
+    // An empty file is a valid configuration (all defaults), but as an upload it is a mistake.
+    if text.trim().is_empty() {
+        return Err(ApiError::field("", "the uploaded configuration is empty"));
+    }
     let s = st.config.put_text(text).await?;
     tracing::info!(by = %p.who(), "configuration file replaced through the web API");
     Ok(saved(s, false))
