@@ -265,7 +265,10 @@ pub fn tags_to_csv(tags: &[TagConfig]) -> String {
 }
 
 /// RFC 4180 records (quoted fields, doubled quotes, CRLF or LF). Each record with its line.
-fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// CSV records, each with its 1-based line.
+type Rows = Vec<(usize, Vec<String>)>;
+
+fn parse_csv(text: &str) -> Result<Rows, (usize, String)> {
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut field = String::new();
