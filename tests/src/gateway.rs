@@ -290,6 +290,8 @@ pub struct Route {
     pub topic: String,
     /// Key template; `None` leaves the daemon's default (`{topic}`).
     pub key: Option<String>,
+    /// `value` format (`raw`, `json`, `sparkplug_json`, `sparkplug_metrics`); `None`: default.
+    pub value: Option<String>,
 }
 
 impl Route {
@@ -298,7 +300,13 @@ impl Route {
             filter: filter.into(),
             topic: topic.into(),
             key: None,
+            value: None,
         }
+    }
+
+    pub fn value(mut self, format: &str) -> Route {
+        self.value = Some(format.into());
+        self
     }
 
     pub fn key(mut self, template: &str) -> Route {
@@ -489,6 +497,9 @@ impl Gateway {
                 );
                 if let Some(k) = &r.key {
                     let _ = writeln!(t, "key = {}", toml_str(k));
+                }
+                if let Some(v) = &r.value {
+                    let _ = writeln!(t, "value = {}", toml_str(v));
                 }
                 t.push('\n');
             }
