@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use ironbridge_adapters::modbus::ModbusConfig;
 
@@ -17,7 +17,7 @@ use crate::uplink::UplinkConfig;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ironbridge/ironbridge.toml";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub gateway: GatewayConfig,
@@ -30,7 +30,7 @@ pub struct Config {
     pub sparkplug: SparkplugConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Identifies this box in every Kafka record (`gateway_id` header). Default: the host name.
@@ -51,14 +51,14 @@ impl Default for GatewayConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FullPolicy {
     DropOldest,
     Backpressure,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     Always,
@@ -69,6 +69,12 @@ pub enum FsyncPolicy {
 /// Sizes are written as integers (bytes) or strings such as `"1 GiB"` or `"64MB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -114,7 +120,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
     /// Default: `<gateway.state_dir>/buffer`.
@@ -162,22 +168,40 @@ impl BufferConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
-    /// Status, `/metrics` and `/healthz` (plain HTTP until the web UI brings HTTPS).
+    /// The HTTPS listener: web UI, JSON API, `/metrics`, `/healthz`. `--demo`: 127.0.0.1:18443.
     pub listen: SocketAddr,
+    /// A plain-HTTP listener that only redirects to HTTPS (`http_redirect = false` turns it off).
+    pub http_listen: SocketAddr,
+    pub http_redirect: bool,
+    /// The operator's certificate chain and key (PEM). Without them the gateway uses
+    /// `<gateway.state_dir>/tls/web.crt` and `web.key`: generated (self-signed) on first start,
+    /// or uploaded through `PUT /api/web/certificate`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// A session ends after this long without a request ...
+    pub session_idle_timeout_s: u64,
+    /// ... and after this long in any case.
+    pub session_absolute_timeout_s: u64,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+            http_redirect: true,
+            tls_cert: None,
+            tls_key: None,
+            session_idle_timeout_s: 30 * 60,
+            session_absolute_timeout_s: 12 * 3600,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -185,7 +209,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `info,ironbridge::uplink=debug`; `RUST_LOG` overrides.
@@ -373,6 +397,36 @@ impl Config {
                 "must be greater than 0".into(),
             ));
         }
+        let w = &self.web;
+        if w.session_idle_timeout_s == 0 {
+            issues.push((
+                "web.session_idle_timeout_s".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        if w.session_absolute_timeout_s < w.session_idle_timeout_s {
+            issues.push((
+                "web.session_absolute_timeout_s".into(),
+                "must be at least web.session_idle_timeout_s".into(),
+            ));
+        }
+        if w.http_redirect && w.http_listen == w.listen {
+            issues.push((
+                "web.http_listen".into(),
+                format!("{} is also web.listen (the HTTPS port)", w.http_listen),
+            ));
+        }
+        if w.tls_cert.is_some() != w.tls_key.is_some() {
+            issues.push((
+                if w.tls_cert.is_none() {
+                    "web.tls_cert"
+                } else {
+                    "web.tls_key"
+                }
+                .into(),
+                "web.tls_cert and web.tls_key go together".into(),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             issues.push(("log.level".into(), format!("not a valid filter: {e}")));
         }
@@ -404,6 +458,10 @@ impl Config {
                     files.push((field, p));
                 }
             }
+        }
+        if let (Some(c), Some(k)) = (&self.web.tls_cert, &self.web.tls_key) {
+            files.push(("web.tls_cert", c));
+            files.push(("web.tls_key", k));
         }
         for (field, path) in files {
             if let Err(e) = std::fs::File::open(path) {

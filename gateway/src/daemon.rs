@@ -1,7 +1,20 @@
-//! The daemon: opens the buffer, starts the MQTT endpoint, the uplink, the web port and (in
-//! demo mode) the simulated Modbus device, supervises them, and shuts down in bounded time.
+//! The daemon: opens the buffer, starts the MQTT endpoint, the uplink, the Modbus poller, the
+//! web port (HTTPS + redirect) and (in demo mode) the simulated Modbus device, supervises them,
+//! applies configuration changes made through the web API, and shuts down in bounded time.
+//!
+//! Live configuration: the current configuration is in a [`ConfigStore`]'s `watch` channel.
+//! Components that can take a change without a restart run under [`supervise_config`], which
+//! stops the component gracefully when *its* part of the configuration changes and starts it
+//! again with the new one. For the uplink that is safe by construction: it commits the buffer
+//! cursor only after Kafka acknowledged, the old instance has finished before the new one
+//! starts, and the new one resumes at the cursor — nothing is lost or reordered (a record in
+//! flight may be sent twice, as after any reconnect; `gateway_id` + `buffer_offset` identify it).
+//! Sections that need a restart (listeners, buffer, state directory) are reported by
+//! `GET /api/system` as `restart_required`.
 
 use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,11 +23,13 @@ use edge_buffer::Log;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::config_store::ConfigStore;
 use crate::notify::Notifier;
 use crate::state::StateStore;
 use crate::status::{ComponentState, GatewayStatus};
 use crate::uplink::UplinkStatus;
-use crate::{http, modbus, mqtt, uplink};
+use crate::web::{self, WebContext};
+use crate::{modbus, mqtt, uplink};
 
 /// Resolves once `stop` turns true (or its sender is gone).
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
@@ -96,31 +111,158 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Runs the gateway until SIGTERM/SIGINT or a fatal buffer failure.
-pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
+/// A stop signal for one run of a component: the daemon's stop, or a change of its config.
+pub type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn until_stop_or_change<K: PartialEq + Send + Sync>(
+    stop: watch::Receiver<bool>,
+    mut config: watch::Receiver<Arc<Config>>,
+    key: fn(&Config) -> K,
+    base: K,
+) {
+    tokio::select! {
+        _ = stopped(stop) => {}
+        _ = async {
+            loop {
+                if config.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if key(&config.borrow_and_update()) != base {
+                    return;
+                }
+            }
+        } => {}
+    }
+}
+
+/// Like [`supervise`], for a component whose configuration can change at run time: `make` gets
+/// the current configuration and a stop future that also fires when `key(config)` changes; the
+/// component then returns and is started again at once with the new configuration (not counted
+/// as a failure). A failed component waiting for its retry is started at once on a change too.
+pub async fn supervise_config<K, F, Fut, E>(
+    name: &'static str,
+    status: GatewayStatus,
+    stop: watch::Receiver<bool>,
+    config: watch::Receiver<Arc<Config>>,
+    key: fn(&Config) -> K,
+    mut make: F,
+) where
+    K: PartialEq + Send + Sync + 'static,
+    F: FnMut(Arc<Config>, StopFuture) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut attempt: u32 = 0;
+    loop {
+        let cfg = config.borrow().clone();
+        status.set_component(name, ComponentState::Running);
+        let started = Instant::now();
+        let stop_run: StopFuture = Box::pin(until_stop_or_change(
+            stop.clone(),
+            config.clone(),
+            key,
+            key(&cfg),
+        ));
+        let outcome = tokio::spawn(make(cfg.clone(), stop_run)).await;
+        if *stop.borrow() {
+            status.set_component(name, ComponentState::Stopped);
+            return;
+        }
+        let reason = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) if e.is_panic() => Some("panicked".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if key(&config.borrow()) != key(&cfg) {
+            tracing::info!(component = name, previous_error = ?reason, "configuration changed; restarting the component with it");
+            attempt = 0;
+            continue;
+        }
+        let reason = reason.unwrap_or_else(|| "exited unexpectedly".to_string());
+        if started.elapsed() > Duration::from_secs(60) {
+            attempt = 0;
+        }
+        attempt = attempt.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (attempt - 1).min(6)).min(Duration::from_secs(60));
+        tracing::error!(component = name, %reason, retry_in_s = delay.as_secs(), "component failed; restarting");
+        status.set_component(
+            name,
+            ComponentState::Restarting {
+                reason,
+                attempt,
+                retry_in_ms: delay.as_millis() as u64,
+            },
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = until_stop_or_change(stop.clone(), config.clone(), key, key(&cfg)) => {
+                if *stop.borrow() {
+                    status.set_component(name, ComponentState::Stopped);
+                    return;
+                }
+                attempt = 0;
+            }
+        }
+    }
+}
+
+/// How the daemon was started.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The configuration file (changes made through the web API are written there).
+    pub config_path: Option<PathBuf>,
+    /// Start the demo's simulated Modbus machine (a run-time-only device).
+    pub demo_device: bool,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM/SIGINT: stopped.
+    Stopped,
+    /// `POST /api/system/restart`: everything was shut down in order; start again.
+    Restart,
+}
+
+fn uplink_key(c: &Config) -> (uplink::UplinkConfig, String) {
+    (c.kafka.clone(), c.gateway.id.clone())
+}
+
+fn modbus_key(c: &Config) -> ironbridge_adapters::modbus::ModbusConfig {
+    c.modbus.clone()
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, a restart request or a fatal buffer failure.
+pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     // The demo's simulated machine is a real Modbus TCP server on loopback, polled like any PLC.
-    let demo = if demo_device {
+    let mut runtime_devices = Vec::new();
+    let demo = if opts.demo_device {
         let d = ironbridge_adapters::modbus::sim::demo::start("demo", ([127, 0, 0, 1], 0).into())
             .await
             .context("starting the demo Modbus device")?;
         tracing::info!(addr = %d.server.addr(), "demo Modbus device listening");
-        config.modbus.devices.push(d.config.clone());
+        runtime_devices.push(d.config.clone());
         Some(d)
     } else {
         None
     };
-    let devices = config.modbus.validate().map_err(|issues| {
-        let text: Vec<String> = issues
-            .iter()
-            .map(|i| format!("modbus.{}: {}", i.field, i.message))
-            .collect();
-        anyhow::anyhow!("invalid Modbus configuration: {}", text.join("; "))
-    })?;
+    {
+        let mut all = config.modbus.clone();
+        all.devices.extend(runtime_devices.iter().cloned());
+        all.validate().map_err(|issues| {
+            let text: Vec<String> = issues
+                .iter()
+                .map(|i| format!("modbus.{}: {}", i.field, i.message))
+                .collect();
+            anyhow::anyhow!("invalid Modbus configuration: {}", text.join("; "))
+        })?;
+    }
     let gateway_id = config.gateway_id();
     let buffer_dir = config.buffer_dir();
-    let opts = config.buffer.options();
+    let opts_buf = config.buffer.options();
     let dir = buffer_dir.clone();
-    let log = tokio::task::spawn_blocking(move || Log::open(&dir, opts))
+    let log = tokio::task::spawn_blocking(move || Log::open(&dir, opts_buf))
         .await
         .context("buffer recovery task")?
         .with_context(|| format!("opening the buffer at {}", buffer_dir.display()))?;
@@ -159,64 +301,139 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let broker = Arc::new(broker);
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let listener = tokio::net::TcpListener::bind(config.web.listen)
-        .await
-        .with_context(|| format!("web.listen: cannot listen on {}", config.web.listen))?;
-    tracing::info!(addr = %config.web.listen, "web port listening (/metrics, /healthz, /api/status)");
-    let web = tokio::spawn(
-        axum::serve(listener, http::router(status.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
-    );
-
-    let mut kafka = config.kafka.clone();
-    if kafka.gateway_id.is_empty() {
-        kafka.gateway_id = gateway_id.clone();
-    }
-    let uplink_task = {
-        let (log, st, stop) = (log.clone(), uplink_status.clone(), stop_rx.clone());
-        tokio::spawn(supervise("uplink", status.clone(), stop_rx.clone(), {
-            let state = state.clone();
-            move || {
-                uplink::run_with_state(
-                    kafka.clone(),
-                    log.clone(),
-                    st.clone(),
-                    Some(state.clone()),
-                    stopped(stop.clone()),
-                )
-            }
-        }))
+    // The web's certificate.
+    let tls = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || web::tls::WebTls::load_or_generate(&c))
+            .await
+            .context("web certificate task")?
+            .context("web TLS certificate")?
     };
-    let modbus_hub = modbus::ModbusHub::new(status.modbus_health());
-    let modbus_task = (!devices.is_empty()).then(|| {
-        let (broker, stop, hub) = (broker.clone(), stop_rx.clone(), modbus_hub.clone());
-        tokio::spawn(supervise(
+    let tls = Arc::new(tls);
+    let web_cfg = config.web.clone();
+    let store = ConfigStore::new(config, opts.config_path.clone());
+    let auth = Arc::new(web::auth::Auth::open(&state, store.clone()).context("web users")?);
+    let hub = modbus::ModbusHub::new(status.modbus_health());
+    let (restart_tx, mut restart_rx) = watch::channel(false);
+    let ctx = Arc::new(WebContext {
+        status: status.clone(),
+        hub: hub.clone(),
+        clients: broker.clients(),
+        config: store.clone(),
+        auth: auth.clone(),
+        tls: tls.clone(),
+        logs: web::logs::LogRing::global(),
+        runtime_devices: runtime_devices.clone(),
+        restart: restart_tx,
+        started: Instant::now(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(web_cfg.listen)
+        .await
+        .with_context(|| format!("web.listen: cannot listen on {}", web_cfg.listen))?;
+    let https_addr = listener.local_addr().unwrap_or(web_cfg.listen);
+    let acceptor = tls.acceptor().context("web TLS configuration")?;
+    let tls_listener = web::tls::TlsListener::new(listener, acceptor).context("web listener")?;
+    let web_task = tokio::spawn(
+        axum::serve(
+            tls_listener,
+            web::router(ctx.clone()).into_make_service_with_connect_info::<web::ClientAddr>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
+    );
+    tracing::info!(addr = %https_addr, fingerprint_sha256 = %tls.fingerprint(), "web UI listening: https://{https_addr}/");
+    let redirect_task = if web_cfg.http_redirect {
+        let l = tokio::net::TcpListener::bind(web_cfg.http_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "web.http_listen: cannot listen on {} (set web.http_redirect = false to turn the redirect off)",
+                    web_cfg.http_listen
+                )
+            })?;
+        tracing::info!(addr = %web_cfg.http_listen, "HTTP listener redirects to HTTPS");
+        Some(tokio::spawn(
+            axum::serve(l, web::redirect_router(https_addr.port()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ))
+    } else {
+        None
+    };
+    let sweeper = {
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                t.tick().await;
+                auth.cleanup();
+            }
+        })
+    };
+
+    let uplink_task = {
+        let (log, st, state) = (log.clone(), uplink_status.clone(), state.clone());
+        tokio::spawn(supervise_config(
+            "uplink",
+            status.clone(),
+            stop_rx.clone(),
+            store.subscribe(),
+            uplink_key,
+            move |cfg, stop| {
+                let mut kafka = cfg.kafka.clone();
+                if kafka.gateway_id.is_empty() {
+                    kafka.gateway_id = cfg.gateway_id();
+                }
+                uplink::run_with_state(kafka, log.clone(), st.clone(), Some(state.clone()), stop)
+            },
+        ))
+    };
+    let modbus_task = {
+        let (broker, hub, runtime) = (broker.clone(), hub.clone(), runtime_devices.clone());
+        tokio::spawn(supervise_config(
             "modbus",
             status.clone(),
             stop_rx.clone(),
-            move || {
-                modbus::run(
-                    devices.clone(),
-                    hub.clone(),
-                    Some(broker.clone()),
-                    stopped(stop.clone()),
-                )
+            store.subscribe(),
+            modbus_key,
+            move |cfg, stop| {
+                let mut mc = cfg.modbus.clone();
+                mc.devices.extend(runtime.iter().cloned());
+                let (broker, hub) = (broker.clone(), hub.clone());
+                async move {
+                    let devices = mc.validate().map_err(|issues| {
+                        issues
+                            .iter()
+                            .map(|i| format!("modbus.{i}"))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })?;
+                    if devices.is_empty() {
+                        stop.await;
+                        return Ok(());
+                    }
+                    modbus::run(devices, hub, Some(broker), stop)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             },
         ))
-    });
+    };
+    // Sparkplug: the configuration at start (changes to [sparkplug] need a restart).
+    let boot = store.current();
     // sp-data: Sparkplug ingest of third-party edge nodes on the embedded broker.
-    let sparkplug_ingest = if config.sparkplug.ingest.enabled {
-        let own_node = if config.sparkplug.edge_node_id.is_empty() {
+    let sparkplug_ingest = if boot.sparkplug.ingest.enabled {
+        let own_node = if boot.sparkplug.edge_node_id.is_empty() {
             gateway_id.clone()
         } else {
-            config.sparkplug.edge_node_id.clone()
+            boot.sparkplug.edge_node_id.clone()
         };
         let ingest_status = crate::sparkplug::ingest::IngestStatus::new();
         status.set_sparkplug_ingest(ingest_status.clone());
         let ingest = crate::sparkplug::ingest::Ingest::new(
-            config.sparkplug.ingest.clone(),
-            (config.sparkplug.group_id.clone(), own_node),
+            boot.sparkplug.ingest.clone(),
+            (boot.sparkplug.group_id.clone(), own_node),
             Some(&state),
             ingest_status,
         )
@@ -238,50 +455,49 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     let command_audit = Arc::new(crate::sparkplug::audit::CommandAudit::new(
         crate::sparkplug::audit::DEFAULT_CAPACITY,
     ));
-    let commands_task = (config.kafka.is_enabled()
-        && !config.sparkplug.commands.kafka_topic.is_empty())
-    .then(|| {
-        let edge_node_id = if config.sparkplug.edge_node_id.is_empty() {
-            gateway_id.clone()
-        } else {
-            config.sparkplug.edge_node_id.clone()
-        };
-        let (kafka, sp, gw) = (
-            config.kafka.clone(),
-            config.sparkplug.clone(),
-            gateway_id.clone(),
-        );
-        let (broker, audit, state, stop) = (
-            broker.clone(),
-            command_audit.clone(),
-            state.clone(),
-            stop_rx.clone(),
-        );
-        let ingest = sparkplug_ingest.as_ref().map(|(i, _)| i.clone());
-        tokio::spawn(supervise(
-            "sparkplug_commands",
-            status.clone(),
-            stop_rx.clone(),
-            move || {
-                uplink::commands::run(
-                    kafka.clone(),
-                    uplink::commands::Context {
-                        sparkplug: sp.clone(),
-                        edge_node_id: edge_node_id.clone(),
-                        gateway_id: gw.clone(),
-                        broker: broker.clone(),
-                        audit: audit.clone(),
-                        ingest: ingest.clone(),
-                        state: state.clone(),
-                    },
-                    stopped(stop.clone()),
-                )
-            },
-        ))
-    });
+    let commands_task =
+        (boot.kafka.is_enabled() && !boot.sparkplug.commands.kafka_topic.is_empty()).then(|| {
+            let edge_node_id = if boot.sparkplug.edge_node_id.is_empty() {
+                gateway_id.clone()
+            } else {
+                boot.sparkplug.edge_node_id.clone()
+            };
+            let (kafka, sp, gw) = (
+                boot.kafka.clone(),
+                boot.sparkplug.clone(),
+                gateway_id.clone(),
+            );
+            let (broker, audit, state, stop) = (
+                broker.clone(),
+                command_audit.clone(),
+                state.clone(),
+                stop_rx.clone(),
+            );
+            let ingest = sparkplug_ingest.as_ref().map(|(i, _)| i.clone());
+            tokio::spawn(supervise(
+                "sparkplug_commands",
+                status.clone(),
+                stop_rx.clone(),
+                move || {
+                    uplink::commands::run(
+                        kafka.clone(),
+                        uplink::commands::Context {
+                            sparkplug: sp.clone(),
+                            edge_node_id: edge_node_id.clone(),
+                            gateway_id: gw.clone(),
+                            broker: broker.clone(),
+                            audit: audit.clone(),
+                            ingest: ingest.clone(),
+                            state: state.clone(),
+                        },
+                        stopped(stop.clone()),
+                    )
+                },
+            ))
+        });
     status.set_component("mqtt", ComponentState::Running);
     status.set_component("web", ComponentState::Running);
-    tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), "ironbridge running");
+    tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), web = %https_addr, "ironbridge running");
 
     let mut notifier = Notifier::new();
     notifier.ready(&status.summary_line());
@@ -289,9 +505,15 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     // Sample rates, feed the watchdog while the pipeline works, and watch for a failed buffer,
     // which only a reopen (a restart) can cure.
     let mut tick = tokio::time::interval(notifier.tick_interval());
+    let mut exit = Exit::Stopped;
     let fatal: Option<String> = tokio::select! {
         sig = shutdown_signal() => {
             tracing::info!(signal = sig, "shutting down");
+            None
+        }
+        _ = restart_rx.wait_for(|r| *r) => {
+            tracing::info!("restarting on request");
+            exit = Exit::Restart;
             None
         }
         failure = async {
@@ -315,11 +537,11 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
 
     // Stop accepting, let in-flight work finish, sync the buffer — all within a bound.
     let _ = stop_tx.send(true);
-    let grace = Duration::from_millis(config.gateway.shutdown_timeout_ms);
+    let grace = Duration::from_millis(store.current().gateway.shutdown_timeout_ms);
+    sweeper.abort();
+    drop(ctx);
     let orderly = async {
-        if let Some(t) = modbus_task {
-            let _ = t.await;
-        }
+        let _ = modbus_task.await;
         if let Some((_, t)) = sparkplug_ingest {
             let _ = t.await;
         }
@@ -334,7 +556,10 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
             Err(_) => tracing::warn!("MQTT endpoint still referenced at shutdown; dropping it"),
         }
         let _ = uplink_task.await;
-        let _ = web.await;
+        let _ = web_task.await;
+        if let Some(t) = redirect_task {
+            let _ = t.await;
+        }
     };
     if tokio::time::timeout(grace, orderly).await.is_err() {
         tracing::warn!(
@@ -353,6 +578,6 @@ pub async fn run(mut config: Config, demo_device: bool) -> anyhow::Result<()> {
     }
     match fatal {
         Some(f) => anyhow::bail!("buffer failed: {f}"),
-        None => Ok(()),
+        None => Ok(exit),
     }
 }

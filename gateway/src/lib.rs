@@ -1,9 +1,9 @@
 //! The Ironbridge daemon's components. The data path: MQTT endpoint → edge-buffer → uplink.
 
 pub mod config;
+pub mod config_store;
 pub mod daemon;
 pub mod event;
-pub mod http;
 pub mod modbus;
 pub mod mqtt;
 pub mod notify;
@@ -11,3 +11,4 @@ pub mod sparkplug;
 pub mod state;
 pub mod status;
 pub mod uplink;
+pub mod web;

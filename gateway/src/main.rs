@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ironbridge::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use ironbridge::daemon::{Exit, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,10 @@ enum Command {
     HashPassword,
 }
 
+/// The demo's directory and configuration file.
+const DEMO_DIR: &str = "ironbridge-demo";
+const DEMO_CONFIG: &str = "ironbridge-demo/ironbridge.toml";
+
 /// The demo: everything below ./ironbridge-demo, loopback only.
 fn demo_config(kafka: Option<String>) -> Config {
     let mut c = Config::default();
@@ -51,11 +56,34 @@ fn demo_config(kafka: Option<String>) -> Config {
     c.mqtt.listen = SocketAddr::from(([127, 0, 0, 1], 11883));
     // Loopback only, so anonymous clients are allowed in the demo (never the default on a box).
     c.mqtt.allow_anonymous = true;
-    c.web.listen = SocketAddr::from(([127, 0, 0, 1], 18080));
+    c.web.listen = SocketAddr::from(([127, 0, 0, 1], 18443));
+    c.web.http_listen = SocketAddr::from(([127, 0, 0, 1], 18080));
     if let Some(k) = kafka {
         c.kafka.bootstrap_servers = k.split(',').map(|s| s.trim().to_string()).collect();
     }
     c
+}
+
+/// The demo's configuration: `./ironbridge-demo/ironbridge.toml`, written from the demo defaults
+/// on first start so that changes made in the web UI persist. `--kafka` overrides the file's
+/// bootstrap servers for this run.
+fn demo_config_file(kafka: Option<String>) -> anyhow::Result<(Config, PathBuf)> {
+    let path = PathBuf::from(DEMO_CONFIG);
+    if !path.exists() {
+        std::fs::create_dir_all(DEMO_DIR).with_context(|| format!("creating {DEMO_DIR}"))?;
+        let text = format!(
+            "# Ironbridge demo configuration, written on the demo's first start; the web UI\n# (https://127.0.0.1:18443/) saves its changes here. Delete it to start over.\n\n{}",
+            toml::to_string(&demo_config(kafka.clone()))
+                .context("rendering the demo configuration")?
+        );
+        ironbridge::config_store::write_atomically(&path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(k) = kafka {
+        config.kafka.bootstrap_servers = k.split(',').map(|s| s.trim().to_string()).collect();
+    }
+    Ok((config, path))
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -71,14 +99,25 @@ fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // The console (journal) output and the web UI's recent-log ring, under one filter.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(ironbridge::web::logs::layer());
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_target(true))
+            .try_init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_ansi(ansi),
+            )
+            .try_init(),
+    };
 }
 
 fn main() -> ExitCode {
@@ -122,11 +161,17 @@ fn main() -> ExitCode {
             }
         }
         None => {
-            let config = if cli.demo {
-                demo_config(cli.kafka)
+            let (config, path) = if cli.demo {
+                match demo_config_file(cli.kafka) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("ironbridge --demo: {e:#}");
+                        return ExitCode::from(2);
+                    }
+                }
             } else {
                 match Config::load(&cli.config) {
-                    Ok(c) => c,
+                    Ok(c) => (c, cli.config.clone()),
                     Err(e) => {
                         eprintln!("{e}");
                         return ExitCode::from(2);
@@ -134,8 +179,13 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config.log.level, config.log.format);
-            match run(config, cli.demo) {
-                Ok(()) => ExitCode::SUCCESS,
+            let opts = RunOptions {
+                config_path: Some(path),
+                demo_device: cli.demo,
+            };
+            match run(config, opts) {
+                Ok(Exit::Stopped) => ExitCode::SUCCESS,
+                Ok(Exit::Restart) => restart(),
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("ironbridge: {e:#}");
@@ -146,11 +196,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+/// Exit status that asks systemd to start the daemon again (the unit lists it in
+/// `RestartForceExitStatus` and `SuccessExitStatus`).
+const RESTART_EXIT: u8 = 75;
+
+/// After an orderly shutdown on `POST /api/system/restart`: under systemd exit with
+/// [`RESTART_EXIT`] so the service manager starts a fresh process; otherwise (demo, tests)
+/// replace this process with a fresh one, same binary and arguments.
+fn restart() -> ExitCode {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        return ExitCode::from(RESTART_EXIT);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt as _;
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("ironbridge: restart: {e}");
+                return ExitCode::from(RESTART_EXIT);
+            }
+        };
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        eprintln!("ironbridge: restart: {err}");
+    }
+    ExitCode::from(RESTART_EXIT)
+}
+
+fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ironbridge")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(ironbridge::daemon::run(config, demo))
+    let exit = rt.block_on(ironbridge::daemon::run(config, opts));
+    // Background tasks (e.g. rumqttd's router thread) must not outlive the runtime's sockets.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    exit
 }

@@ -74,13 +74,15 @@ impl StateStore {
     pub fn get_json<T: DeserializeOwned>(tree: &Tree, key: &str) -> Result<Option<T>, StateError> {
         match tree.get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StateError::Decode {
-                    tree: String::from_utf8_lossy(&tree.name()).into_owned(),
-                    key: key.to_string(),
-                    source,
-                }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| StateError::Decode {
+                        tree: String::from_utf8_lossy(&tree.name()).into_owned(),
+                        key: key.to_string(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -124,7 +126,10 @@ mod tests {
         }
         let s = StateStore::open(dir.path()).expect("reopen");
         let t = s.tree("sparkplug").expect("tree");
-        assert_eq!(StateStore::get_json::<u64>(&t, "bdseq").expect("get"), Some(7));
+        assert_eq!(
+            StateStore::get_json::<u64>(&t, "bdseq").expect("get"),
+            Some(7)
+        );
         assert_eq!(StateStore::get_json::<u64>(&t, "other").expect("get"), None);
         t.insert("bad", &b"{"[..]).expect("insert");
         let err = StateStore::get_json::<u64>(&t, "bad").expect_err("decode error");

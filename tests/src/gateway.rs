@@ -1,7 +1,7 @@
 //! The real `ironbridge` daemon as a child process, and what the gateway end-to-end tests need
 //! around it: a tansu broker behind a [`FaultProxy`], a streaming paho publisher that reports every
-//! PUBACK, `mosquitto_pub -l`, the web port (`/healthz`, `/metrics`, `/api/status`), and checks of
-//! what reached Kafka (duplicates, order per key).
+//! PUBACK, `mosquitto_pub -l`, the web port over HTTPS (`/healthz`, `/metrics`, `/api/status` and
+//! the rest of the JSON API), and checks of what reached Kafka (duplicates, order per key).
 //!
 //! # Which binary
 //!
@@ -24,6 +24,16 @@
 //! the MQTT port accepts connections. The child is killed on drop. [`Gateway::kill`] is `kill -9`,
 //! [`Gateway::stop`] is SIGTERM, [`Gateway::restart`] starts it again on the same ports, config
 //! file and state directory.
+//!
+//! # The web port
+//!
+//! HTTPS only, with the certificate the daemon generates on its first start in
+//! `<state>/tls/web.crt`: the harness's HTTP client ([`Gateway::client`], reqwest with rustls)
+//! trusts exactly that certificate. Everything but `/healthz` needs authentication, so after the
+//! first start the harness does the first-boot setup through the API (with the setup code it
+//! reads from the daemon's log), creates an admin API token and sends it as
+//! `Authorization: Bearer` from then on ([`Gateway::api`]); the token survives restarts (it is in
+//! the state directory). [`GatewayOptions::auto_setup`] turns that off for tests of setup itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -323,6 +333,12 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// `log.level`.
     pub log_level: String,
+    /// Start the plain-HTTP redirect listener on a free port too ([`Gateway::http_addr`]).
+    pub http_redirect: bool,
+    /// More `[web]` fields: name → TOML value (e.g. `session_idle_timeout_s`).
+    pub web_settings: BTreeMap<String, String>,
+    /// Do the first-boot setup and create an admin API token after the first start (default).
+    pub auto_setup: bool,
 }
 
 impl Default for GatewayOptions {
@@ -344,6 +360,9 @@ impl Default for GatewayOptions {
             kafka_settings,
             extra_toml: String::new(),
             log_level: "info".into(),
+            http_redirect: false,
+            web_settings: BTreeMap::new(),
+            auto_setup: true,
         }
     }
 }
@@ -356,11 +375,18 @@ impl GatewayOptions {
     }
 }
 
+/// The admin account the harness creates on first start.
+pub const ADMIN_USER: &str = "e2e-admin";
+pub const ADMIN_PASSWORD: &str = "e2e correct horse battery";
+
 /// The `ironbridge` daemon as a child process; killed on drop.
 pub struct Gateway {
     child: Option<Child>,
     opts: GatewayOptions,
     web: SocketAddr,
+    http: SocketAddr,
+    client: Option<reqwest::Client>,
+    token: Option<String>,
     mqtt: SocketAddr,
     starts: u32,
     bin: PathBuf,
@@ -379,6 +405,9 @@ impl Gateway {
             child: None,
             opts,
             web: SocketAddr::from((LOCALHOST, 0)),
+            http: SocketAddr::from((LOCALHOST, 0)),
+            client: None,
+            token: None,
             mqtt: SocketAddr::from((LOCALHOST, 0)),
             starts: 0,
             bin,
@@ -391,8 +420,13 @@ impl Gateway {
             while mqtt == web {
                 mqtt = free_port()?;
             }
+            let mut http = free_port()?;
+            while http == web || http == mqtt {
+                http = free_port()?;
+            }
             gw.web = SocketAddr::from((LOCALHOST, web));
             gw.mqtt = SocketAddr::from((LOCALHOST, mqtt));
+            gw.http = SocketAddr::from((LOCALHOST, http));
             match gw.spawn().await {
                 Ok(()) => return Ok(gw),
                 Err(e) => {
@@ -423,7 +457,15 @@ impl Gateway {
             t,
             "[buffer]\nmax_bytes = \"256 MiB\"\nsegment_bytes = \"8 MiB\"\n"
         );
-        let _ = writeln!(t, "[web]\nlisten = \"{}\"\n", self.web);
+        let _ = writeln!(
+            t,
+            "[web]\nlisten = \"{}\"\nhttp_listen = \"{}\"\nhttp_redirect = {}",
+            self.web, self.http, o.http_redirect
+        );
+        for (k, v) in &o.web_settings {
+            let _ = writeln!(t, "{k} = {v}");
+        }
+        t.push('\n');
         let _ = writeln!(t, "[log]\nlevel = {}\n", toml_str(&o.log_level));
         let _ = writeln!(
             t,
@@ -489,7 +531,83 @@ impl Gateway {
             .spawn()
             .with_context(|| format!("spawn {}", self.bin.display()))?;
         self.child = Some(child);
-        self.wait_ready().await
+        self.wait_ready().await?;
+        if self.opts.auto_setup && self.token.is_none() {
+            self.setup_and_token().await?;
+        }
+        Ok(())
+    }
+
+    /// First-boot setup through the API with the setup code from the log, then an admin token.
+    async fn setup_and_token(&mut self) -> Result<()> {
+        let token = first_boot_token(&self.client()?, &self.url(""), &self.log()).await?;
+        self.token = Some(token);
+        Ok(())
+    }
+
+    /// The latest first-boot setup code the daemon logged.
+    pub fn setup_code(&self) -> Option<String> {
+        setup_code_in(&self.log())
+    }
+
+    /// The daemon's web certificate (PEM), generated on its first start.
+    pub fn web_cert_path(&self) -> PathBuf {
+        self.state_dir().join("tls").join("web.crt")
+    }
+
+    /// An HTTPS client that trusts exactly the daemon's certificate (as it is now: call
+    /// [`Gateway::reload_client`] after replacing it). No connection pooling, so a restarted
+    /// daemon never meets a stale connection.
+    pub fn client(&self) -> Result<reqwest::Client> {
+        self.client
+            .clone()
+            .context("no HTTPS client yet: the daemon has not written its certificate")
+    }
+
+    /// Builds the client again from the certificate file.
+    pub fn reload_client(&mut self) -> Result<()> {
+        self.client = Some(https_client(&self.web_cert_path())?);
+        Ok(())
+    }
+
+    /// `https://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.web)
+    }
+
+    /// The admin API token the harness created (after the first start with `auto_setup`).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A request with the harness's admin token.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
+        let token = self
+            .token
+            .as_deref()
+            .context("no API token (auto_setup is off)")?;
+        Ok(self
+            .client()?
+            .request(method, self.url(path))
+            .bearer_auth(token))
+    }
+
+    /// GET with the admin token: status and body text.
+    pub async fn api_get(&self, path: &str) -> Result<(u16, String)> {
+        let resp = timeout(
+            Duration::from_secs(10),
+            self.api(reqwest::Method::GET, path)?.send(),
+        )
+        .await
+        .with_context(|| format!("GET {path} timed out"))?
+        .with_context(|| format!("GET {path}"))?;
+        let code = resp.status().as_u16();
+        Ok((
+            code,
+            resp.text()
+                .await
+                .with_context(|| format!("GET {path} body"))?,
+        ))
     }
 
     /// Waits until `/healthz` answers (200 or 503) and the MQTT port accepts connections.
@@ -505,7 +623,13 @@ impl Gateway {
                     self.log_tail()
                 );
             }
-            let web = http_get(self.web, "/healthz").await;
+            if self.client.is_none() && self.web_cert_path().is_file() {
+                self.client = https_client(&self.web_cert_path()).ok();
+            }
+            let web = match &self.client {
+                Some(c) => https_get(c, &self.url("/healthz")).await,
+                None => Err(anyhow!("no web certificate yet")),
+            };
             if web.is_ok() && TcpStream::connect(self.mqtt).await.is_ok() {
                 return Ok(());
             }
@@ -549,8 +673,14 @@ impl Gateway {
         self.mqtt.port()
     }
 
+    /// The HTTPS listener.
     pub fn web_addr(&self) -> SocketAddr {
         self.web
+    }
+
+    /// The plain-HTTP redirect listener (only serving with [`GatewayOptions::http_redirect`]).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
     }
 
     pub fn options(&self) -> &GatewayOptions {
@@ -606,23 +736,23 @@ impl Gateway {
         self.spawn().await
     }
 
-    /// `GET /api/status` as JSON.
+    /// `GET /api/status` as JSON (with the admin token).
     pub async fn status(&self) -> Result<Value> {
-        let (code, body) = http_get(self.web, "/api/status").await?;
+        let (code, body) = self.api_get("/api/status").await?;
         ensure!(code == 200, "/api/status answered {code}: {body}");
         serde_json::from_str(&body).with_context(|| format!("/api/status: {body}"))
     }
 
-    /// `GET /metrics` (Prometheus text).
+    /// `GET /metrics` (Prometheus text, with the admin token).
     pub async fn metrics(&self) -> Result<String> {
-        let (code, body) = http_get(self.web, "/metrics").await?;
+        let (code, body) = self.api_get("/metrics").await?;
         ensure!(code == 200, "/metrics answered {code}: {body}");
         Ok(body)
     }
 
-    /// `GET /healthz`: the HTTP status and the JSON body.
+    /// `GET /healthz` (public): the HTTP status and the JSON body.
     pub async fn healthz(&self) -> Result<(u16, Value)> {
-        let (code, body) = http_get(self.web, "/healthz").await?;
+        let (code, body) = https_get(&self.client()?, &self.url("/healthz")).await?;
         let v = serde_json::from_str(&body).with_context(|| format!("/healthz: {body}"))?;
         Ok((code, v))
     }
@@ -688,58 +818,103 @@ pub fn metric(metrics: &str, sample: &str) -> Option<f64> {
     })
 }
 
-/// A minimal HTTP/1.1 GET (`Connection: close`) on loopback: status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
-    };
-    let buf = timeout(Duration::from_secs(5), exchange)
-        .await
-        .with_context(|| format!("GET {addr}{path} timed out"))?
-        .with_context(|| format!("GET {addr}{path}"))?;
-    let text = String::from_utf8(buf).context("HTTP response is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: no end of headers in {text:?}"))?;
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("GET {path}: bad status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Ok((code, body))
+/// An HTTPS client (rustls, ring) trusting only the certificate in `cert_pem` (the daemon's
+/// self-signed one). No pooling, 10 s per request.
+pub fn https_client(cert_pem: &Path) -> Result<reqwest::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert_pem)
+        .with_context(|| format!("read {}", cert_pem.display()))?
+    {
+        roots
+            .add(cert.with_context(|| format!("parse {}", cert_pem.display()))?)
+            .context("trust the daemon's certificate")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("HTTPS client")
 }
 
-fn dechunk(mut s: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").context("chunk size line")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .context("chunk size")?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).context("short chunk")?);
-        s = rest
-            .get(size..)
-            .and_then(|r| r.strip_prefix("\r\n"))
-            .context("chunk end")?;
-    }
+/// GET `url`: status code and body text.
+pub async fn https_get(client: &reqwest::Client, url: &str) -> Result<(u16, String)> {
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let code = resp.status().as_u16();
+    Ok((
+        code,
+        resp.text()
+            .await
+            .with_context(|| format!("GET {url} body"))?,
+    ))
+}
+
+/// The latest first-boot setup code in a daemon log (`setup_code=XXXX-XXXX-XXXX`).
+pub fn setup_code_in(log: &str) -> Option<String> {
+    let at = log.rfind("setup_code=")? + "setup_code=".len();
+    let code: String = log[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    (!code.is_empty()).then_some(code)
+}
+
+/// First-boot setup of a fresh daemon at `base` (`https://addr`) as [`ADMIN_USER`], with the
+/// setup code from its `log`; returns a new admin API token.
+pub async fn first_boot_token(client: &reqwest::Client, base: &str, log: &str) -> Result<String> {
+    let code = setup_code_in(log)
+        .with_context(|| format!("no setup code in the daemon's log:\n{}", tail(log, 3000)))?;
+    let resp = client
+        .post(format!("{base}/api/setup"))
+        .json(&serde_json::json!({"username": ADMIN_USER, "password": ADMIN_PASSWORD, "setup_code": code}))
+        .send()
+        .await
+        .context("POST /api/setup")?;
+    let cookie = session_cookie(resp.headers());
+    let status = resp.status();
+    let body: Value = resp.json().await.context("/api/setup body")?;
+    ensure!(status == 200, "/api/setup answered {status}: {body}");
+    let cookie = cookie.context("/api/setup set no session cookie")?;
+    let csrf = text(&body, "/csrf_token")
+        .context("no csrf_token")?
+        .to_string();
+    let resp = client
+        .post(format!("{base}/api/tokens"))
+        .header(reqwest::header::COOKIE, format!("ib_session={cookie}"))
+        .header("X-CSRF-Token", csrf)
+        .json(&serde_json::json!({"name": "e2e-harness", "role": "admin"}))
+        .send()
+        .await
+        .context("POST /api/tokens")?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("/api/tokens body")?;
+    ensure!(status == 201, "/api/tokens answered {status}: {body}");
+    Ok(text(&body, "/token").context("no token")?.to_string())
+}
+
+/// The `ib_session` value a response sets, if any.
+pub fn session_cookie(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.trim() == "ib_session")
+        .map(|(_, v)| v.to_string())
 }
 
 /// tansu (sqlite storage) whose advertised address is a [`FaultProxy`] in front of it, so that
@@ -1595,13 +1770,5 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(metric(m, "ironbridge_uplink_lag"), None);
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("ok"),
-            "abcde"
-        );
     }
 }

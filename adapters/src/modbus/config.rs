@@ -223,10 +223,21 @@ pub enum AddressSpec {
 
 /// Deadband: an absolute number in engineering units, or a string `"2%"`: percent of the last
 /// published value's magnitude.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Deadband {
     Absolute(f64),
     Percent(f64),
+}
+
+/// As written in the configuration (a number, or `"2%"`), so a serialized configuration reads
+/// back the same.
+impl Serialize for Deadband {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Deadband::Absolute(v) => s.serialize_f64(*v),
+            Deadband::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Deadband {

@@ -16,6 +16,7 @@ pub use link::{CallError, Client};
 pub mod pdu;
 pub mod plan;
 pub mod poller;
+pub mod probe;
 pub mod sim;
 
 pub use codec::{DataType, Value, ValueKind, WordOrder};

@@ -1123,7 +1123,7 @@ fn far_future() -> Instant {
 }
 
 /// Decodes one tag from a block read starting at `start`.
-fn extract(tag: &Tag, start: u16, data: &OpResult) -> (Option<Value>, Quality) {
+pub(crate) fn extract(tag: &Tag, start: u16, data: &OpResult) -> (Option<Value>, Quality) {
     let off = usize::from(tag.address - start);
     let raw = match (data, tag.area) {
         (OpResult::Bits(bits), Area::Coil | Area::DiscreteInput) => match bits.get(off) {

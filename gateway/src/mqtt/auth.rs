@@ -20,6 +20,18 @@ pub fn hash_password(password: &str) -> Result<String, MqttError> {
         .map_err(|e| MqttError::Hash(e.to_string()))
 }
 
+/// Checks `password` against an argon2id PHC string (false for a malformed hash). Blocking:
+/// tens of milliseconds and ~19 MiB; callers bound concurrency and use `spawn_blocking`.
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
 /// Why a configured hash is unusable, for the config error.
 pub(crate) fn check_phc(phc: &str) -> Result<(), String> {
     let h = PasswordHash::new(phc).map_err(|e| {
@@ -81,17 +93,9 @@ impl Authenticator {
         let Ok(_permit) = self.slots.acquire().await else {
             return AuthOutcome::BadCredentials;
         };
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&phc)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || verify_password(&phc, &password))
+            .await
+            .unwrap_or(false);
         if ok && known {
             AuthOutcome::Accepted
         } else {

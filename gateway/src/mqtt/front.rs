@@ -70,6 +70,7 @@ pub(crate) struct Front {
     pub(crate) password: String,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) clients: Arc<super::clients::ClientRegistry>,
 }
 
 /// Appends with the buffer's full policy applied: waits for space under backpressure, retries
@@ -142,10 +143,10 @@ impl Front {
 
     async fn serve(self: Arc<Self>, sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let Some(acceptor) = tls else {
-            return self.serve_stream(sock, peer).await;
+            return self.serve_stream(sock, peer, false).await;
         };
         match timeout(self.connect_timeout(), acceptor.accept(sock)).await {
-            Ok(Ok(stream)) => self.serve_stream(stream, peer).await,
+            Ok(Ok(stream)) => self.serve_stream(stream, peer, true).await,
             Ok(Err(e)) => {
                 MqttStats::inc(&self.stats.protocol_errors, 1);
                 tracing::info!(%peer, error = %e, "MQTT TLS handshake failed");
@@ -167,7 +168,7 @@ impl Front {
         let _ = w.shutdown().await;
     }
 
-    async fn serve_stream<S>(&self, stream: S, peer: SocketAddr)
+    async fn serve_stream<S>(&self, stream: S, peer: SocketAddr, tls: bool)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
@@ -266,6 +267,14 @@ impl Front {
             }
         };
         let _guard = ConnectionGuard::new(&self.stats);
+        let _listed = self.clients.add(super::clients::ClientInfo {
+            client_id: client_id.clone(),
+            username: user.clone(),
+            remote: super::clients::remote(peer),
+            protocol: if version == Version::V5 { "5" } else { "3.1.1" },
+            tls,
+            connected_at: now_ms(),
+        });
         tracing::debug!(%peer, client_id, ?version, ?user, "MQTT client connected");
 
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);

@@ -16,6 +16,7 @@
 //! (TCP backpressure) instead of dropping data.
 
 mod auth;
+mod clients;
 mod codec;
 mod config;
 mod front;
@@ -35,7 +36,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-pub use auth::hash_password;
+pub use auth::{hash_password, verify_password};
+pub use clients::{ClientInfo, ClientRegistry};
 pub use config::{MqttConfig, RouterTuning, TlsListenerConfig};
 pub use stats::{MqttStats, MqttStatsSnapshot};
 
@@ -69,6 +71,7 @@ pub struct BrokerHandle {
     tcp_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     stats: Arc<MqttStats>,
+    clients: Arc<ClientRegistry>,
     log: Arc<Log>,
     shutdown: watch::Sender<bool>,
     accept_loops: Vec<JoinHandle<()>>,
@@ -182,6 +185,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
     let internal = router::start(&config).await?;
     let stats = Arc::new(MqttStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let clients = Arc::new(ClientRegistry::default());
     let front = Arc::new(front::Front {
         slots: Arc::new(Semaphore::new(config.max_connections)),
         cfg: config,
@@ -192,6 +196,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
         user: internal.user,
         password: internal.password,
         shutdown: shutdown_rx,
+        clients: clients.clone(),
     });
     let mut accept_loops = vec![tokio::spawn(front.clone().accept_loop(tcp, None))];
     if let Some((listener, acceptor)) = tls {
@@ -205,6 +210,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
         tcp_addr,
         tls_addr,
         stats,
+        clients,
         log,
         shutdown,
         accept_loops,
@@ -227,6 +233,11 @@ impl BrokerHandle {
 
     pub fn stats(&self) -> Arc<MqttStats> {
         self.stats.clone()
+    }
+
+    /// The connected clients.
+    pub fn clients(&self) -> Arc<ClientRegistry> {
+        self.clients.clone()
     }
 
     /// Publishes from inside the gateway (e.g. the Sparkplug edge node): appended to the buffer

@@ -111,3 +111,71 @@ pub async fn run_with_state(
     });
     result
 }
+
+/// A one-shot "test connection" (web UI): connects to `config.bootstrap_servers` with its TLS
+/// and SASL settings and lists the cluster's topics, all within `limit`. The error says what
+/// failed in words.
+pub async fn test_connection(
+    config: &UplinkConfig,
+    limit: std::time::Duration,
+) -> Result<Vec<String>, String> {
+    use rskafka::client::{ClientBuilder, Credentials, SaslConfig as Sasl};
+    if config.bootstrap_servers.is_empty() {
+        return Err("no bootstrap servers given (kafka.bootstrap_servers)".into());
+    }
+    let mut b = ClientBuilder::new(config.bootstrap_servers.clone())
+        .client_id(config.client_id.as_str())
+        .backoff_config(rskafka::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(1),
+            base: 2.,
+            deadline: Some(limit),
+        });
+    if config.tls.enabled {
+        let tls = tls::client_config(&config.tls).map_err(|e| e.to_string())?;
+        b = b.tls_config(tls);
+    }
+    if let Some(s) = &config.sasl {
+        let c = Credentials::new(s.username.clone(), s.password.clone());
+        b = b.sasl_config(match s.mechanism {
+            SaslMechanism::Plain => Sasl::Plain(c),
+            SaslMechanism::ScramSha256 => Sasl::ScramSha256(c),
+            SaslMechanism::ScramSha512 => Sasl::ScramSha512(c),
+        });
+    }
+    let work = async {
+        let client = b
+            .build()
+            .await
+            .map_err(|e| format!("connecting: {}", error_chain(&e)))?;
+        let topics = client
+            .list_topics()
+            .await
+            .map_err(|e| format!("listing topics: {}", error_chain(&e)))?;
+        let mut names: Vec<String> = topics.into_iter().map(|t| t.name).collect();
+        names.sort();
+        Ok(names)
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer from {} within {} s (unreachable, filtered, or not Kafka)",
+            config.bootstrap_servers.join(", "),
+            limit.as_secs()
+        )),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = e.source();
+    }
+    s
+}

@@ -1,0 +1,935 @@
+//! Web users, sessions and API tokens, kept in sled (`web.users`, `web.sessions`,
+//! `web.tokens`), plus the first-boot setup code, the password policy and login rate limiting.
+//!
+//! * Passwords: argon2id (the same hashing as `[mqtt.users]`), at most two checks at once.
+//! * Sessions: a random 256-bit id in the cookie; sled keeps only its SHA-256 (a copy of the
+//!   state directory does not hand out live sessions), with idle and absolute expiry and a
+//!   per-session CSRF token. At most [`MAX_SESSIONS`]; the least recently used goes first.
+//! * API tokens: `ibt_<id>_<secret>`, shown once, stored as SHA-256, with a role.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ring::rand::SecureRandom as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config_store::ConfigStore;
+use crate::state::{StateError, StateStore, Tree};
+
+pub const MAX_SESSIONS: usize = 256;
+pub const MAX_USERS: usize = 64;
+pub const MAX_TOKENS: usize = 64;
+pub const MIN_PASSWORD_LEN: usize = 10;
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// Failed logins for one user name before it is locked out, and for one client address.
+const USER_FAILURES: u32 = 5;
+const IP_FAILURES: u32 = 20;
+/// First lockout; doubles with every further failure, up to [`LOCK_MAX`].
+const LOCK_BASE: Duration = Duration::from_secs(30);
+const LOCK_MAX: Duration = Duration::from_secs(15 * 60);
+/// A key's failures are forgotten this long after its last one.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Keys tracked by the limiter at most (bounded memory under a spraying attack).
+const LIMITER_KEYS: usize = 4096;
+
+/// Common passwords refused whatever their length (lower case; the check ignores case and
+/// trailing digits/punctuation).
+const COMMON: &[&str] = &[
+    "password",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "123456",
+    "1234567890",
+    "12345678910",
+    "qwerty",
+    "qwertyuiop",
+    "qwertz",
+    "azerty",
+    "letmein",
+    "welcome",
+    "iloveyou",
+    "admin",
+    "administrator",
+    "changeme",
+    "default",
+    "secret",
+    "monkey",
+    "dragon",
+    "football",
+    "baseball",
+    "sunshine",
+    "princess",
+    "starwars",
+    "trustno1",
+    "superman",
+    "master",
+    "shadow",
+    "whatever",
+    "abc123",
+    "abcdefghij",
+    "1q2w3e4r5t",
+    "1qaz2wsx",
+    "zaq12wsx",
+    "asdfghjkl",
+    "ironbridge",
+    "gateway",
+    "siemens",
+    "schneider",
+    "modbus",
+    "scada",
+    "operator",
+    "engineer",
+    "factory",
+    "plant",
+    "manager",
+    "root",
+    "toor",
+    "raspberry",
+    "user",
+    "guest",
+    "test",
+    "testtest",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    hash: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionRec {
+    user: String,
+    csrf: String,
+    created_ms: i64,
+    last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub last_used_ms: Option<i64>,
+    #[serde(skip_serializing, default)]
+    hash: String,
+}
+
+/// Who is making a request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    pub kind: PrincipalKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum PrincipalKind {
+    Session {
+        user: String,
+        key: String,
+        csrf: String,
+        idle_expires_in_s: u64,
+    },
+    Token {
+        id: String,
+        name: String,
+    },
+}
+
+impl Principal {
+    /// The user name (sessions) or `token:<name>`.
+    pub fn who(&self) -> String {
+        match &self.kind {
+            PrincipalKind::Session { user, .. } => user.clone(),
+            PrincipalKind::Token { name, .. } => format!("token:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("too many failed attempts; try again in {} s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    #[error("setup is already done")]
+    SetupDone,
+    #[error("wrong setup code")]
+    BadSetupCode,
+    #[error("{field}: {message}")]
+    Policy {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("state store: {0}")]
+    State(#[from] StateError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<sled::Error> for AuthError {
+    fn from(e: sled::Error) -> Self {
+        AuthError::State(StateError::Sled(e))
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn random_b64(bytes: usize) -> Result<String, AuthError> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| AuthError::Internal("no randomness".into()))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&buf))
+}
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks a new password; the problem in words.
+pub fn password_problem(username: &str, password: &str) -> Option<String> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_LEN {
+        return Some(format!(
+            "must be at least {MIN_PASSWORD_LEN} characters long (is {n})"
+        ));
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        return Some(format!("must be at most {MAX_PASSWORD_LEN} bytes long"));
+    }
+    let lower = password.to_lowercase();
+    let uname = username.to_lowercase();
+    if lower == uname || (uname.len() >= 4 && lower.contains(&uname)) {
+        return Some("must not contain the user name".into());
+    }
+    let mut chars = lower.chars();
+    if let Some(first) = chars.next()
+        && chars.all(|c| c == first)
+    {
+        return Some("must not be one character repeated".into());
+    }
+    let core = lower.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    let core = core.trim_start_matches(|c: char| c.is_ascii_digit() || c.is_ascii_punctuation());
+    if COMMON.iter().any(|c| *c == lower || *c == core) {
+        return Some("is too common (it is on the list of passwords attackers try first)".into());
+    }
+    None
+}
+
+fn username_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("must be 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+    {
+        return Some("may contain letters, digits and . _ - @ only".into());
+    }
+    None
+}
+
+/// Failed attempts per key (user name, client address) with lockout and exponential backoff.
+/// Holds at most [`LIMITER_KEYS`] keys.
+pub struct RateLimiter {
+    map: Mutex<HashMap<String, Attempts>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Attempts {
+    failures: u32,
+    locked_until: Option<Instant>,
+    last: Instant,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl RateLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Err(retry_after)` while `key` is locked out.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        match self.lock().get(key).and_then(|a| a.locked_until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a failure; returns the lockout it starts, if any.
+    pub fn failure(&self, key: &str, threshold: u32) -> Option<Duration> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if !map.contains_key(key) && map.len() >= LIMITER_KEYS {
+            map.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
+            if map.len() >= LIMITER_KEYS
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, a)| a.last)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        let a = map.entry(key.to_string()).or_insert(Attempts {
+            failures: 0,
+            locked_until: None,
+            last: now,
+        });
+        if now.duration_since(a.last) >= FORGET_AFTER {
+            a.failures = 0;
+        }
+        a.failures = a.failures.saturating_add(1);
+        a.last = now;
+        if a.failures >= threshold {
+            let exp = (a.failures - threshold).min(16);
+            let lock = LOCK_BASE.saturating_mul(1u32 << exp).min(LOCK_MAX);
+            a.locked_until = Some(now + lock);
+            Some(lock)
+        } else {
+            None
+        }
+    }
+
+    pub fn success(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The web's users, sessions, tokens and setup state.
+pub struct Auth {
+    users: Tree,
+    sessions: Tree,
+    tokens: Tree,
+    setup_code: Mutex<Option<String>>,
+    pub limiter: RateLimiter,
+    hash_slots: Arc<Semaphore>,
+    config: Arc<ConfigStore>,
+    dummy_hash: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Auth {
+    /// Opens the trees; while no user exists, makes a one-time setup code and logs it.
+    pub fn open(store: &StateStore, config: Arc<ConfigStore>) -> Result<Auth, AuthError> {
+        let auth = Auth {
+            users: store.tree("web.users")?,
+            sessions: store.tree("web.sessions")?,
+            tokens: store.tree("web.tokens")?,
+            setup_code: Mutex::new(None),
+            limiter: RateLimiter::default(),
+            hash_slots: Arc::new(Semaphore::new(2)),
+            config,
+            dummy_hash: crate::mqtt::hash_password("ironbridge-web-dummy")
+                .map_err(|e| AuthError::Internal(e.to_string()))?,
+        };
+        if auth.setup_required() {
+            // Unambiguous characters, grouped for reading off a console.
+            const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+            let mut raw = [0u8; 12];
+            ring::rand::SystemRandom::new()
+                .fill(&mut raw)
+                .map_err(|_| AuthError::Internal("no randomness".into()))?;
+            let chars: Vec<char> = raw
+                .iter()
+                .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
+                .collect();
+            let code = chars
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-");
+            tracing::warn!(
+                setup_code = %code,
+                "first-boot setup pending: no web user exists yet; open the web UI and create the admin account with this setup code"
+            );
+            *lock(&auth.setup_code) = Some(code);
+        }
+        Ok(auth)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn setup_code(&self) -> Option<String> {
+        lock(&self.setup_code).clone()
+    }
+
+    pub fn setup_required(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_secs(self.config.current().web.session_idle_timeout_s)
+    }
+
+    fn absolute(&self) -> Duration {
+        Duration::from_secs(self.config.current().web.session_absolute_timeout_s)
+    }
+
+    async fn verify(&self, hash: String, password: String) -> bool {
+        let Ok(_permit) = self.hash_slots.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || crate::mqtt::verify_password(&hash, &password))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let _permit = self
+            .hash_slots
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let pw = password.to_string();
+        tokio::task::spawn_blocking(move || crate::mqtt::hash_password(&pw))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map_err(|e| AuthError::Internal(e.to_string()))
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<User>, AuthError> {
+        Ok(StateStore::get_json(&self.users, name)?)
+    }
+
+    pub fn users(&self) -> Result<Vec<User>, AuthError> {
+        let mut out = Vec::new();
+        for kv in self.users.iter() {
+            let (_, v) = kv?;
+            if let Ok(mut u) = serde_json::from_slice::<User>(&v) {
+                u.hash.clear();
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
+    fn admins(&self) -> Result<usize, AuthError> {
+        Ok(self
+            .users()?
+            .iter()
+            .filter(|u| u.role == Role::Admin)
+            .count())
+    }
+
+    /// First-boot setup: creates the first admin. Returns a new session (id, csrf).
+    pub async fn setup(
+        &self,
+        username: &str,
+        password: &str,
+        code: &str,
+    ) -> Result<(User, String, String), AuthError> {
+        if !self.setup_required() {
+            return Err(AuthError::SetupDone);
+        }
+        self.limiter
+            .check("setup")
+            .map_err(AuthError::RateLimited)?;
+        let expected = lock(&self.setup_code).clone();
+        if let Some(expected) = expected {
+            let given = code.trim().to_ascii_uppercase();
+            if !ct_eq(given.as_bytes(), expected.as_bytes()) {
+                self.limiter.failure("setup", 10);
+                return Err(AuthError::BadSetupCode);
+            }
+        }
+        let user = self.create_user(username, password, Role::Admin).await?;
+        *lock(&self.setup_code) = None;
+        self.limiter.success("setup");
+        tracing::info!(user = %user.name, "first-boot setup done: admin account created");
+        let (sid, csrf) = self.new_session(&user.name)?;
+        Ok((user, sid, csrf))
+    }
+
+    /// Checks user name and password (rate limited per user name and per client address).
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<(User, String, String), AuthError> {
+        let ukey = format!("user:{}", username.to_lowercase());
+        let ikey = format!("ip:{client}");
+        for k in [&ukey, &ikey] {
+            self.limiter.check(k).map_err(AuthError::RateLimited)?;
+        }
+        let found = self.user(username).ok().flatten();
+        let hash = found
+            .as_ref()
+            .map(|u| u.hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let ok = self.verify(hash, password.to_string()).await && found.is_some();
+        match (ok, found) {
+            (true, Some(user)) => {
+                self.limiter.success(&ukey);
+                let (sid, csrf) = self.new_session(&user.name)?;
+                tracing::info!(user = %user.name, %client, "web login");
+                Ok((user, sid, csrf))
+            }
+            _ => {
+                let a = self.limiter.failure(&ukey, USER_FAILURES);
+                let b = self.limiter.failure(&ikey, IP_FAILURES);
+                tracing::warn!(user = %username, %client, locked_s = ?a.or(b).map(|d| d.as_secs()), "web login failed");
+                Err(AuthError::BadCredentials)
+            }
+        }
+    }
+
+    /// A new session for `user` (no password check: callers have done it).
+    pub(crate) fn new_session(&self, user: &str) -> Result<(String, String), AuthError> {
+        if self.sessions.len() >= MAX_SESSIONS {
+            self.cleanup();
+        }
+        while self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .filter_map(|kv| kv.ok())
+                .filter_map(|(k, v)| {
+                    serde_json::from_slice::<SessionRec>(&v)
+                        .ok()
+                        .map(|s| (s.last_seen_ms, k))
+                })
+                .min_by_key(|(t, _)| *t);
+            match oldest {
+                Some((_, k)) => {
+                    self.sessions.remove(k)?;
+                }
+                None => break,
+            }
+        }
+        let sid = random_b64(32)?;
+        let csrf = random_b64(32)?;
+        let now = now_ms();
+        StateStore::put_json(
+            &self.sessions,
+            &sha256_hex(&sid),
+            &SessionRec {
+                user: user.to_string(),
+                csrf: csrf.clone(),
+                created_ms: now,
+                last_seen_ms: now,
+            },
+        )?;
+        Ok((sid, csrf))
+    }
+
+    /// The session behind a cookie value, if it is live (and its user still exists); refreshes
+    /// its idle timer.
+    pub fn session(&self, sid: &str) -> Option<Principal> {
+        let key = sha256_hex(sid);
+        let mut rec: SessionRec = StateStore::get_json(&self.sessions, &key).ok()??;
+        let now = now_ms();
+        let idle = self.idle().as_millis() as i64;
+        let absolute = self.absolute().as_millis() as i64;
+        if now - rec.last_seen_ms > idle || now - rec.created_ms > absolute {
+            let _ = self.sessions.remove(&key);
+            return None;
+        }
+        let user = self.user(&rec.user).ok()??;
+        // Refresh at most every few seconds: the idle timer does not need millisecond writes.
+        if now - rec.last_seen_ms > (idle / 8).min(30_000) {
+            rec.last_seen_ms = now;
+            let _ = StateStore::put_json(&self.sessions, &key, &rec);
+        }
+        let idle_left = (rec.last_seen_ms + idle - now)
+            .min(rec.created_ms + absolute - now)
+            .max(0);
+        Some(Principal {
+            role: user.role,
+            kind: PrincipalKind::Session {
+                user: user.name,
+                key,
+                csrf: rec.csrf,
+                idle_expires_in_s: (idle_left / 1000) as u64,
+            },
+        })
+    }
+
+    pub fn logout(&self, p: &Principal) {
+        if let PrincipalKind::Session { key, user, .. } = &p.kind {
+            let _ = self.sessions.remove(key);
+            tracing::info!(%user, "web logout");
+        }
+    }
+
+    fn drop_sessions_of(&self, user: &str, except: Option<&str>) {
+        for (k, v) in self.sessions.iter().filter_map(|kv| kv.ok()) {
+            if let Ok(s) = serde_json::from_slice::<SessionRec>(&v)
+                && s.user == user
+                && except != Some(String::from_utf8_lossy(&k).as_ref())
+            {
+                let _ = self.sessions.remove(k);
+            }
+        }
+    }
+
+    /// Removes expired sessions.
+    pub fn cleanup(&self) {
+        let now = now_ms();
+        let idle = self.idle().as_millis() as i64;
+        let absolute = self.absolute().as_millis() as i64;
+        for (k, v) in self.sessions.iter().filter_map(|kv| kv.ok()) {
+            let dead = serde_json::from_slice::<SessionRec>(&v)
+                .map(|s| now - s.last_seen_ms > idle || now - s.created_ms > absolute)
+                .unwrap_or(true);
+            if dead {
+                let _ = self.sessions.remove(k);
+            }
+        }
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        role: Role,
+    ) -> Result<User, AuthError> {
+        if let Some(p) = username_problem(username) {
+            return Err(AuthError::Policy {
+                field: "username",
+                message: p,
+            });
+        }
+        if let Some(p) = password_problem(username, password) {
+            return Err(AuthError::Policy {
+                field: "password",
+                message: p,
+            });
+        }
+        if self.user(username)?.is_some() {
+            return Err(AuthError::Conflict(format!("user {username:?} exists")));
+        }
+        if self.users.len() >= MAX_USERS {
+            return Err(AuthError::Conflict(format!("at most {MAX_USERS} users")));
+        }
+        let user = User {
+            name: username.to_string(),
+            role,
+            hash: self.hash(password).await?,
+            created_ms: now_ms(),
+        };
+        StateStore::put_json_durable(&self.users, username, &user)?;
+        Ok(user)
+    }
+
+    /// Changes role and/or password; refuses to leave no admin.
+    pub async fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password: Option<&str>,
+    ) -> Result<User, AuthError> {
+        let mut user = self
+            .user(name)?
+            .ok_or_else(|| AuthError::NotFound(format!("no user {name:?}")))?;
+        if let Some(r) = role {
+            if user.role == Role::Admin && r != Role::Admin && self.admins()? <= 1 {
+                return Err(AuthError::Conflict(
+                    "this is the last admin; make another user admin first".into(),
+                ));
+            }
+            user.role = r;
+        }
+        if let Some(pw) = password {
+            if let Some(p) = password_problem(name, pw) {
+                return Err(AuthError::Policy {
+                    field: "password",
+                    message: p,
+                });
+            }
+            user.hash = self.hash(pw).await?;
+            self.drop_sessions_of(name, None);
+        }
+        StateStore::put_json_durable(&self.users, name, &user)?;
+        user.hash.clear();
+        Ok(user)
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<(), AuthError> {
+        let user = self
+            .user(name)?
+            .ok_or_else(|| AuthError::NotFound(format!("no user {name:?}")))?;
+        if user.role == Role::Admin && self.admins()? <= 1 {
+            return Err(AuthError::Conflict(
+                "this is the last admin; it cannot be deleted".into(),
+            ));
+        }
+        self.users.remove(name)?;
+        self.users.flush()?;
+        self.drop_sessions_of(name, None);
+        Ok(())
+    }
+
+    /// Changes one's own password; other sessions of the user end.
+    pub async fn change_password(
+        &self,
+        p: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AuthError> {
+        let PrincipalKind::Session { user, key, .. } = &p.kind else {
+            return Err(AuthError::Invalid(
+                "API tokens have no password; use a session".into(),
+            ));
+        };
+        let mut u = self
+            .user(user)?
+            .ok_or_else(|| AuthError::NotFound(format!("no user {user:?}")))?;
+        let rkey = format!("user:{}", user.to_lowercase());
+        self.limiter.check(&rkey).map_err(AuthError::RateLimited)?;
+        if !self.verify(u.hash.clone(), current.to_string()).await {
+            self.limiter.failure(&rkey, USER_FAILURES);
+            return Err(AuthError::Policy {
+                field: "current",
+                message: "is not your current password".into(),
+            });
+        }
+        if let Some(problem) = password_problem(user, new) {
+            return Err(AuthError::Policy {
+                field: "new",
+                message: problem,
+            });
+        }
+        u.hash = self.hash(new).await?;
+        StateStore::put_json_durable(&self.users, user, &u)?;
+        self.drop_sessions_of(user, Some(key));
+        tracing::info!(%user, "web password changed");
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenInfo>, AuthError> {
+        let mut out: Vec<TokenInfo> = self
+            .tokens
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
+            .collect();
+        out.sort_by_key(|t: &TokenInfo| t.created_ms);
+        Ok(out)
+    }
+
+    /// Creates a token; returns it (the only time it is shown) and its record.
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        created_by: &str,
+    ) -> Result<(String, TokenInfo), AuthError> {
+        if name.trim().is_empty() || name.len() > 64 {
+            return Err(AuthError::Policy {
+                field: "name",
+                message: "must be 1 to 64 characters".into(),
+            });
+        }
+        if self.tokens.len() >= MAX_TOKENS {
+            return Err(AuthError::Conflict(format!("at most {MAX_TOKENS} tokens")));
+        }
+        let id = random_b64(9)?.replace(['-', '_'], "x");
+        let token = format!("ibt_{id}_{}", random_b64(32)?);
+        let info = TokenInfo {
+            id: id.clone(),
+            name: name.to_string(),
+            role,
+            created_by: created_by.to_string(),
+            created_ms: now_ms(),
+            last_used_ms: None,
+            hash: sha256_hex(&token),
+        };
+        // `hash` is not serialized for API output; store it explicitly.
+        let mut stored = serde_json::to_value(&info).map_err(StateError::Encode)?;
+        stored["hash"] = info.hash.clone().into();
+        StateStore::put_json_durable(&self.tokens, &id, &stored)?;
+        Ok((token, info))
+    }
+
+    pub fn delete_token(&self, id: &str) -> Result<(), AuthError> {
+        if self.tokens.remove(id)?.is_none() {
+            return Err(AuthError::NotFound(format!("no token {id:?}")));
+        }
+        self.tokens.flush()?;
+        Ok(())
+    }
+
+    /// The principal behind a bearer token.
+    pub fn bearer(&self, token: &str) -> Option<Principal> {
+        let rest = token.strip_prefix("ibt_")?;
+        let (id, _) = rest.split_once('_')?;
+        let mut stored: serde_json::Value = StateStore::get_json(&self.tokens, id).ok()??;
+        let hash = stored.get("hash")?.as_str()?.to_string();
+        if !ct_eq(hash.as_bytes(), sha256_hex(token).as_bytes()) {
+            return None;
+        }
+        let info: TokenInfo = serde_json::from_value(stored.clone()).ok()?;
+        let now = now_ms();
+        // Record use at most once a minute.
+        if info.last_used_ms.is_none_or(|t| now - t > 60_000) {
+            stored["last_used_ms"] = now.into();
+            let _ = StateStore::put_json(&self.tokens, id, &stored);
+        }
+        Some(Principal {
+            role: info.role,
+            kind: PrincipalKind::Token {
+                id: info.id,
+                name: info.name,
+            },
+        })
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn auth() -> (Auth, Arc<ConfigStore>) {
+        let store = StateStore::temporary().expect("sled");
+        let mut c = Config::default();
+        c.web.session_idle_timeout_s = 1;
+        c.web.session_absolute_timeout_s = 2;
+        let cfg = ConfigStore::new(c, None);
+        (Auth::open(&store, cfg.clone()).expect("auth"), cfg)
+    }
+
+    #[test]
+    fn password_policy() {
+        assert!(password_problem("admin", "short").is_some());
+        assert!(
+            password_problem("admin", "Password123!").is_some(),
+            "common + digits"
+        );
+        assert!(password_problem("operator7", "operator7operator7").is_some());
+        assert!(password_problem("admin", "aaaaaaaaaaaa").is_some());
+        assert!(password_problem("admin", "ironbridge").is_some());
+        assert!(password_problem("admin", "correct horse battery").is_none());
+    }
+
+    #[test]
+    fn limiter_locks_out_with_backoff_and_stays_bounded() {
+        let l = RateLimiter::default();
+        for _ in 0..USER_FAILURES - 1 {
+            assert!(l.failure("u", USER_FAILURES).is_none());
+            assert!(l.check("u").is_ok());
+        }
+        let first = l.failure("u", USER_FAILURES).expect("locked");
+        assert!(l.check("u").is_err());
+        let second = l.failure("u", USER_FAILURES).expect("locked");
+        assert!(second > first);
+        l.success("u");
+        assert!(l.check("u").is_ok());
+        for i in 0..LIMITER_KEYS + 100 {
+            l.failure(&format!("ip:{i}"), IP_FAILURES);
+        }
+        assert!(l.len() <= LIMITER_KEYS);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn setup_login_sessions_tokens() {
+        let (a, _cfg) = auth();
+        assert!(a.setup_required());
+        let code = lock(&a.setup_code).clone().expect("code");
+        assert!(matches!(
+            a.setup("admin", "correct horse battery", "WRONG").await,
+            Err(AuthError::BadSetupCode)
+        ));
+        let (_, sid, csrf) = a
+            .setup("admin", "correct horse battery", &code)
+            .await
+            .expect("setup");
+        assert!(matches!(
+            a.setup("admin2", "correct horse battery", &code).await,
+            Err(AuthError::SetupDone)
+        ));
+        let p = a.session(&sid).expect("session");
+        assert_eq!(p.role, Role::Admin);
+        assert!(matches!(&p.kind, PrincipalKind::Session { csrf: c, .. } if *c == csrf));
+        assert!(a.session("forged").is_none());
+        assert!(matches!(
+            a.login("admin", "wrong password!", "1.2.3.4").await,
+            Err(AuthError::BadCredentials)
+        ));
+        a.login("admin", "correct horse battery", "1.2.3.4")
+            .await
+            .expect("login");
+        assert!(matches!(
+            a.delete_user("admin"),
+            Err(AuthError::Conflict(_))
+        ));
+
+        let (token, info) = a
+            .create_token("prometheus", Role::Viewer, "admin")
+            .expect("token");
+        let tp = a.bearer(&token).expect("bearer");
+        assert_eq!(tp.role, Role::Viewer);
+        assert!(a.bearer(&format!("{token}x")).is_none());
+        a.delete_token(&info.id).expect("delete");
+        assert!(a.bearer(&token).is_none());
+
+        // Idle expiry (1 s in this config).
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(a.session(&sid).is_none());
+    }
+}
