@@ -264,6 +264,43 @@ fn options(id: &str, kafka: &ProxiedKafka, machine: &Machine) -> GatewayOptions 
     .kafka_setting("request_timeout_ms", "2000")
 }
 
+/// What every campaign runs against: Tansu behind a fault proxy with the two topics, a
+/// changing Modbus machine, the gateway routing both, and an empty report.
+struct Setup {
+    kafka: ProxiedKafka,
+    tool: KafkaTool,
+    machine: Machine,
+    gw: Gateway,
+    report: Report,
+}
+
+impl Setup {
+    async fn start(name: &str, trials: usize) -> Result<Setup> {
+        let kafka = ProxiedKafka::start().await?;
+        let mut tool = KafkaTool::new(kafka.direct());
+        // Reading tens of thousands of records back from tansu takes a while.
+        tool.timeout = Duration::from_secs(180);
+        tool.create_topic("events", 4).await?;
+        tool.create_topic("modbus", 2).await?;
+        let machine = Machine::start().await?;
+        let gw = Gateway::start(options(&format!("campaign-{name}"), &kafka, &machine)).await?;
+        let report = Report {
+            name: name.into(),
+            mode: if full() { "full" } else { "short" },
+            seed_env: std::env::var("IRONBRIDGE_CAMPAIGN_SEED").unwrap_or_default(),
+            trials,
+            ..Report::default()
+        };
+        Ok(Setup {
+            kafka,
+            tool,
+            machine,
+            gw,
+            report,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_campaign() -> Result<()> {
     if !require(NEEDS)? {
@@ -279,21 +316,13 @@ async fn kill_9(trials: usize) -> Result<()> {
     let started = Instant::now();
     let p = Progress::new("campaign-kill9");
     let mut rng = Rng::from_env();
-    let kafka = ProxiedKafka::start().await?;
-    let mut tool = KafkaTool::new(kafka.direct());
-    // Reading tens of thousands of records back from tansu takes a while.
-    tool.timeout = Duration::from_secs(180);
-    tool.create_topic("events", 4).await?;
-    tool.create_topic("modbus", 2).await?;
-    let machine = Machine::start().await?;
-    let mut gw = Gateway::start(options("campaign-kill9", &kafka, &machine)).await?;
-    let mut report = Report {
-        name: "kill9".into(),
-        mode: if full() { "full" } else { "short" },
-        seed_env: std::env::var("IRONBRIDGE_CAMPAIGN_SEED").unwrap_or_default(),
-        trials,
-        ..Report::default()
-    };
+    let Setup {
+        kafka,
+        tool,
+        machine: _machine,
+        mut gw,
+        mut report,
+    } = Setup::start("kill9", trials).await?;
     let mut acked_all = Vec::new();
     for trial in 0..trials {
         // Every third trial crashes while the uplink is down (the backlog is on disk only).
@@ -394,21 +423,13 @@ async fn outage_trials(outages: usize, max_s: u64) -> Result<()> {
     let started = Instant::now();
     let p = Progress::new("campaign-outages");
     let mut rng = Rng::from_env();
-    let kafka = ProxiedKafka::start().await?;
-    let mut tool = KafkaTool::new(kafka.direct());
-    // Reading tens of thousands of records back from tansu takes a while.
-    tool.timeout = Duration::from_secs(180);
-    tool.create_topic("events", 4).await?;
-    tool.create_topic("modbus", 2).await?;
-    let machine = Machine::start().await?;
-    let mut gw = Gateway::start(options("campaign-outages", &kafka, &machine)).await?;
-    let mut report = Report {
-        name: "outages".into(),
-        mode: if full() { "full" } else { "short" },
-        seed_env: std::env::var("IRONBRIDGE_CAMPAIGN_SEED").unwrap_or_default(),
-        trials: outages,
-        ..Report::default()
-    };
+    let Setup {
+        kafka,
+        tool,
+        machine: _machine,
+        mut gw,
+        mut report,
+    } = Setup::start("outages", outages).await?;
     // The outages are drawn first so the load can be sized to last through all of them.
     let plan: Vec<u64> = (0..outages)
         .map(|_| rng.range(5.min(max_s), max_s))
