@@ -23,7 +23,7 @@ Subcommands
           [--header NAME=VALUE]... [--partition P] [--linger-ms MS]
       Produces N records whose value is the record index in decimal, zero-padded to 10 digits and then
       padded with 'x' to S bytes. Prints {"count", "bytes", "elapsed_s", "records_per_s", "mb_per_s"}.
-      Exits 4 if any record failed.
+      Exits 4 if any record failed. --value TEXT: every value is TEXT instead (e.g. a JSON command).
   partition --partitions N KEY...
       Where Kafka's Java client (default partitioner) puts each keyed record: toPositive(murmur2(key)) % N,
       with murmur2 implemented here, independently of the gateway, and checked against the test vectors of
@@ -298,8 +298,11 @@ def cmd_produce(args):
         extra["headers"] = headers
     start = time.monotonic()
     for i in range(args.count):
-        value = f"{i:010d}".encode("ascii")
-        if len(value) < args.size:
+        if args.value is not None:
+            value = args.value.encode("utf-8")
+        else:
+            value = f"{i:010d}".encode("ascii")
+        if args.value is None and len(value) < args.size:
             value += b"x" * (args.size - len(value))
         while True:
             try:
@@ -359,6 +362,7 @@ def main():
     c.add_argument("--header", action="append", default=[])
     c.add_argument("--partition", type=int)
     c.add_argument("--linger-ms", type=int, default=5)
+    c.add_argument("--value", help="every record's value, as given (UTF-8) instead of the index")
     c.set_defaults(func=cmd_produce)
 
     c = sub.add_parser("partition")

@@ -290,6 +290,8 @@ pub struct Route {
     pub topic: String,
     /// Key template; `None` leaves the daemon's default (`{topic}`).
     pub key: Option<String>,
+    /// `value` format (`raw`, `json`, `sparkplug_json`, `sparkplug_metrics`); `None`: default.
+    pub value: Option<String>,
 }
 
 impl Route {
@@ -298,7 +300,13 @@ impl Route {
             filter: filter.into(),
             topic: topic.into(),
             key: None,
+            value: None,
         }
+    }
+
+    pub fn value(mut self, format: &str) -> Route {
+        self.value = Some(format.into());
+        self
     }
 
     pub fn key(mut self, template: &str) -> Route {
@@ -490,6 +498,9 @@ impl Gateway {
                 if let Some(k) = &r.key {
                     let _ = writeln!(t, "key = {}", toml_str(k));
                 }
+                if let Some(v) = &r.value {
+                    let _ = writeln!(t, "value = {}", toml_str(v));
+                }
                 t.push('\n');
             }
         }
@@ -529,48 +540,14 @@ impl Gateway {
 
     /// First-boot setup through the API with the setup code from the log, then an admin token.
     async fn setup_and_token(&mut self) -> Result<()> {
-        let code = self
-            .setup_code()
-            .with_context(|| format!("no setup code in the daemon's log:\n{}", self.log_tail()))?;
-        let client = self.client()?;
-        let resp = client
-            .post(self.url("/api/setup"))
-            .json(&serde_json::json!({"username": ADMIN_USER, "password": ADMIN_PASSWORD, "setup_code": code}))
-            .send()
-            .await
-            .context("POST /api/setup")?;
-        let cookie = session_cookie(resp.headers());
-        let code_ = resp.status();
-        let body: Value = resp.json().await.context("/api/setup body")?;
-        ensure!(code_ == 200, "/api/setup answered {code_}: {body}");
-        let cookie = cookie.context("/api/setup set no session cookie")?;
-        let csrf = text(&body, "/csrf_token")
-            .context("no csrf_token")?
-            .to_string();
-        let resp = client
-            .post(self.url("/api/tokens"))
-            .header(reqwest::header::COOKIE, format!("ib_session={cookie}"))
-            .header("X-CSRF-Token", csrf)
-            .json(&serde_json::json!({"name": "e2e-harness", "role": "admin"}))
-            .send()
-            .await
-            .context("POST /api/tokens")?;
-        let code_ = resp.status();
-        let body: Value = resp.json().await.context("/api/tokens body")?;
-        ensure!(code_ == 201, "/api/tokens answered {code_}: {body}");
-        self.token = Some(text(&body, "/token").context("no token")?.to_string());
+        let token = first_boot_token(&self.client()?, &self.url(""), &self.log()).await?;
+        self.token = Some(token);
         Ok(())
     }
 
     /// The latest first-boot setup code the daemon logged.
     pub fn setup_code(&self) -> Option<String> {
-        let log = self.log();
-        let at = log.rfind("setup_code=")? + "setup_code=".len();
-        let code: String = log[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-            .collect();
-        (!code.is_empty()).then_some(code)
+        setup_code_in(&self.log())
     }
 
     /// The daemon's web certificate (PEM), generated on its first start.
@@ -883,6 +860,49 @@ pub async fn https_get(client: &reqwest::Client, url: &str) -> Result<(u16, Stri
             .await
             .with_context(|| format!("GET {url} body"))?,
     ))
+}
+
+/// The latest first-boot setup code in a daemon log (`setup_code=XXXX-XXXX-XXXX`).
+pub fn setup_code_in(log: &str) -> Option<String> {
+    let at = log.rfind("setup_code=")? + "setup_code=".len();
+    let code: String = log[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    (!code.is_empty()).then_some(code)
+}
+
+/// First-boot setup of a fresh daemon at `base` (`https://addr`) as [`ADMIN_USER`], with the
+/// setup code from its `log`; returns a new admin API token.
+pub async fn first_boot_token(client: &reqwest::Client, base: &str, log: &str) -> Result<String> {
+    let code = setup_code_in(log)
+        .with_context(|| format!("no setup code in the daemon's log:\n{}", tail(log, 3000)))?;
+    let resp = client
+        .post(format!("{base}/api/setup"))
+        .json(&serde_json::json!({"username": ADMIN_USER, "password": ADMIN_PASSWORD, "setup_code": code}))
+        .send()
+        .await
+        .context("POST /api/setup")?;
+    let cookie = session_cookie(resp.headers());
+    let status = resp.status();
+    let body: Value = resp.json().await.context("/api/setup body")?;
+    ensure!(status == 200, "/api/setup answered {status}: {body}");
+    let cookie = cookie.context("/api/setup set no session cookie")?;
+    let csrf = text(&body, "/csrf_token")
+        .context("no csrf_token")?
+        .to_string();
+    let resp = client
+        .post(format!("{base}/api/tokens"))
+        .header(reqwest::header::COOKIE, format!("ib_session={cookie}"))
+        .header("X-CSRF-Token", csrf)
+        .json(&serde_json::json!({"name": "e2e-harness", "role": "admin"}))
+        .send()
+        .await
+        .context("POST /api/tokens")?;
+    let status = resp.status();
+    let body: Value = resp.json().await.context("/api/tokens body")?;
+    ensure!(status == 201, "/api/tokens answered {status}: {body}");
+    Ok(text(&body, "/token").context("no token")?.to_string())
 }
 
 /// The `ib_session` value a response sets, if any.

@@ -280,6 +280,19 @@ impl KafkaTool {
     }
 }
 
+impl KafkaTool {
+    /// Produces one record with `value` (UTF-8, as given) and an optional key, acks=all.
+    pub async fn produce_value(&self, topic: &str, key: Option<&str>, value: &str) -> Result<()> {
+        let mut cmd = self.command("produce", topic);
+        cmd.args(["--count", "1", "--size", "0", "--value", value]);
+        if let Some(k) = key {
+            cmd.arg("--key").arg(k);
+        }
+        run(&mut cmd, self.limit()).await?;
+        Ok(())
+    }
+}
+
 /// Path of `kafka_tool.py`.
 pub fn script() -> PathBuf {
     py_dir().join("kafka_tool.py")

@@ -131,7 +131,8 @@ segment_bytes = "8 MiB"
 fsync = "always"
 
 [web]
-listen = "0.0.0.0:8080"
+listen = "0.0.0.0:8443"
+http_listen = "0.0.0.0:8080"
 
 [mqtt]
 listen = "0.0.0.0:1883"
@@ -168,7 +169,9 @@ say "check-config-default=$?"
 /usr/bin/ironbridge --config /etc/ironbridge/boot-test.toml &
 pid=$!
 i=0
-until wget -q -O /dev/null http://127.0.0.1:8080/healthz 2>/dev/null; do
+# The plain-HTTP port answers every request with a redirect to HTTPS once the web port serves
+# (busybox wget cannot follow it to HTTPS; -S shows the status line).
+until wget -S -O /dev/null http://127.0.0.1:8080/healthz 2>&1 | grep -q ' 308'; do
     kill -0 $pid 2>/dev/null || { wait $pid; say "daemon exited early with $?"; finish; }
     i=$((i + 1)); [ $i -lt 600 ] || { say "not healthy after 60 s"; kill $pid; finish; }
     sleep 0.1
@@ -185,7 +188,6 @@ while [ $i -lt 1800 ]; do
     sleep 0.1; i=$((i + 1))
 done
 [ $found = yes ] || say "nonce-in-buffer=no"
-say "status $(wget -q -O - http://127.0.0.1:8080/api/status | tr -d '\n' | sed -n 's/.*"buffer":\({[^}]*}\).*/\1/p')"
 t0=$(up)
 kill -TERM $pid
 wait $pid
@@ -216,7 +218,7 @@ timeout --kill-after=10 "$limit" qemu-system-aarch64 -machine virt -cpu cortex-a
     -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/initramfs.gz" \
     -append "console=ttyAMA0 rdinit=/init panic=-1 quiet ironbridge_nonce=$nonce ironbridge_stop=$stop" \
-    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$web_port-:8080" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$web_port-:8443" \
     -device virtio-net-pci,netdev=n0 \
     -drive "file=$work/data.img,if=none,format=raw,id=d0" -device virtio-blk-pci,drive=d0 \
     -device virtio-rng-pci \
@@ -251,7 +253,13 @@ done
 t_puback=$(since "$t_pub")
 say "PUBACK for the nonce after $t_puback s"
 
-status=$(curl -s --max-time 10 "http://127.0.0.1:$web_port/api/status") || { show_console; fail "GET /api/status through hostfwd failed"; }
+# /api/status needs a login: first-boot setup with the code the daemon printed on the console.
+code=$(sed -e 's/\x1b\[[0-9;]*m//g' "$console" | sed -n 's/.*setup_code=\([A-Z0-9-]*\).*/\1/p' | tail -1)
+[ -n "$code" ] || { show_console; fail "no setup code on the guest console"; }
+curl -sk --max-time 10 -c "$work/cookies" -H 'Content-Type: application/json' \
+    -d "{\"username\":\"boot-test\",\"password\":\"boot test passphrase\",\"setup_code\":\"$code\"}" \
+    "https://127.0.0.1:$web_port/api/setup" > "$work/setup.json" || { show_console; fail "POST /api/setup through hostfwd failed"; }
+status=$(curl -sk --max-time 10 -b "$work/cookies" "https://127.0.0.1:$web_port/api/status") || { show_console; fail "GET /api/status through hostfwd failed"; }
 buffer=$(printf '%s' "$status" | python3 -c 'import json, sys; b = json.load(sys.stdin)["buffer"]; print(b["records"], b["next_offset"])')
 read -r records next_offset <<< "$buffer"
 say "guest /api/status: buffer records=$records next_offset=$next_offset"

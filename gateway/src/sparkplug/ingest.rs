@@ -48,6 +48,8 @@ pub enum IngestError {
 /// Counters and the per-node view, shared with `/api/status` and `/metrics`.
 #[derive(Default)]
 pub struct IngestStatus {
+    /// Subscribed on the embedded broker (messages published from now on are seen).
+    pub subscribed: std::sync::atomic::AtomicBool,
     pub messages: AtomicU64,
     pub births: AtomicU64,
     pub deaths: AtomicU64,
@@ -93,6 +95,7 @@ pub struct DeviceView {
 /// A copy of the counters and the node list.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct IngestSnapshot {
+    pub subscribed: bool,
     pub messages: u64,
     pub births: u64,
     pub deaths: u64,
@@ -137,6 +140,7 @@ impl IngestStatus {
 
     pub fn snapshot(&self) -> IngestSnapshot {
         IngestSnapshot {
+            subscribed: self.subscribed.load(Ordering::Relaxed),
             messages: get(&self.messages),
             births: get(&self.births),
             deaths: get(&self.deaths),
@@ -621,6 +625,8 @@ pub async fn run(
     let mut sub = broker
         .subscribe("ironbridge-sparkplug-ingest", &["spBv1.0/#", "spAv1.0/#"])
         .await?;
+    let status = ingest.lock().await.status.clone();
+    status.subscribed.store(true, Ordering::Relaxed);
     tracing::info!("sparkplug ingest subscribed to spBv1.0/#");
     tokio::pin!(stop);
     loop {
@@ -628,7 +634,12 @@ pub async fn run(
             _ = &mut stop => return Ok(()),
             m = sub.next() => match m {
                 Some(m) => m,
-                None => return Err(IngestError::Mqtt(MqttError::Router("ingest subscription closed".into()))),
+                None => {
+                    status.subscribed.store(false, Ordering::Relaxed);
+                    return Err(IngestError::Mqtt(MqttError::Router(
+                        "ingest subscription closed".into(),
+                    )));
+                }
             },
         };
         let request = ingest.lock().await.handle(&msg.topic, &msg.payload);

@@ -107,6 +107,10 @@ pub async fn put_toml(
     Extension(p): Extension<Principal>,
     TextBody(text): TextBody,
 ) -> ApiResult {
+    // An empty file is a valid configuration (all defaults), but as an upload it is a mistake.
+    if text.trim().is_empty() {
+        return Err(ApiError::field("", "the uploaded configuration is empty"));
+    }
     let s = st.config.put_text(text).await?;
     tracing::info!(by = %p.who(), "configuration file replaced through the web API");
     Ok(saved(s, false))
@@ -261,7 +265,10 @@ pub fn tags_to_csv(tags: &[TagConfig]) -> String {
 }
 
 /// RFC 4180 records (quoted fields, doubled quotes, CRLF or LF). Each record with its line.
-fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// CSV records, each with its 1-based line.
+type Rows = Vec<(usize, Vec<String>)>;
+
+fn parse_csv(text: &str) -> Result<Rows, (usize, String)> {
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut field = String::new();

@@ -37,7 +37,7 @@ fn fixture() -> Fixture {
     )
     .expect("config");
     let log = Arc::new(
-        edge_buffer::Log::open(&dir.path().join("buffer"), edge_buffer::Options::default())
+        edge_buffer::Log::open(dir.path().join("buffer"), edge_buffer::Options::default())
             .expect("log"),
     );
     let status = GatewayStatus::new(

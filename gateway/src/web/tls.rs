@@ -170,7 +170,7 @@ impl WebTls {
                 (dir.join("web.crt"), dir.join("web.key"), false)
             }
         };
-        if !operator && !(cert_path.exists() && key_path.exists()) {
+        if !(operator || cert_path.exists() && key_path.exists()) {
             let mut names = vec![
                 "localhost".to_string(),
                 "127.0.0.1".to_string(),

@@ -6,10 +6,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ironbridge_e2e::gateway::{first_boot_token, https_client};
 use ironbridge_e2e::net::{LOCALHOST, free_port};
 use ironbridge_e2e::process::{log_tail, terminate};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -35,6 +35,10 @@ pub struct Daemon {
     pub web: SocketAddr,
     pub pid: u32,
     log: PathBuf,
+    /// HTTPS client trusting the daemon's certificate, and an admin API token (first-boot setup
+    /// done once the web port serves).
+    api: Option<(reqwest::Client, String)>,
+    state: PathBuf,
 }
 
 /// The parts of `ironbridge.toml` a run varies.
@@ -69,7 +73,7 @@ impl Daemon {
         let config = format!(
             "[gateway]\nid = \"bench-gw\"\nstate_dir = \"{}\"\n\n\
              [buffer]\nmax_bytes = {}\nsegment_bytes = \"32 MiB\"\nfsync = \"{}\"\n\n\
-             [web]\nlisten = \"{web}\"\n\n\
+             [web]\nlisten = \"{web}\"\nhttp_redirect = false\n\n\
              [log]\nlevel = \"warn\"\n\n\
              [mqtt]\nlisten = \"{mqtt}\"\nallow_anonymous = true\n\n{}\n",
             state.display(),
@@ -104,6 +108,8 @@ impl Daemon {
             web,
             pid,
             log,
+            api: None,
+            state: state.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -113,6 +119,9 @@ impl Daemon {
                     "ironbridge exited during start ({st}); log tail:\n{}",
                     log_tail(&d.log, 3000)
                 );
+            }
+            if d.api.is_none() {
+                d.api = d.first_boot().await.ok();
             }
             if d.status().await.is_ok() && TcpStream::connect(mqtt).await.is_ok() {
                 return Ok(d);
@@ -127,11 +136,39 @@ impl Daemon {
         }
     }
 
+    /// The web port serves: trust its certificate, do the first-boot setup, get a token.
+    async fn first_boot(&self) -> Result<(reqwest::Client, String)> {
+        let client = https_client(&self.state.join("tls").join("web.crt"))?;
+        let base = format!("https://{}", self.web);
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let token = first_boot_token(&client, &base, &log).await?;
+        Ok((client, token))
+    }
+
+    /// `GET path` with the admin token; the body of a 200 answer.
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let (client, token) = self
+            .api
+            .as_ref()
+            .context("the web port is not set up yet")?;
+        let resp = timeout(
+            Duration::from_secs(5),
+            client
+                .get(format!("https://{}{path}", self.web))
+                .bearer_auth(token)
+                .send(),
+        )
+        .await
+        .with_context(|| format!("{path} timed out"))??;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp.bytes().await?.to_vec())
+    }
+
     /// `GET /api/status` as JSON.
     pub async fn status(&self) -> Result<Value> {
-        let body = timeout(Duration::from_secs(5), http_get(self.web, "/api/status"))
-            .await
-            .context("/api/status timed out")??;
+        let body = self.get("/api/status").await?;
         serde_json::from_slice(&body).context("/api/status is not JSON")
     }
 
@@ -177,44 +214,6 @@ fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("parse {line:?}"))
-}
-
-/// A minimal HTTP/1.1 GET (Connection: close); returns the body of a 200 answer.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of HTTP headers")?;
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    let body = &resp[split + 4..];
-    if !head.starts_with("http/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    if head.contains("transfer-encoding: chunked") {
-        let mut out = Vec::new();
-        let mut rest = body;
-        loop {
-            let nl = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .context("bad chunk")?;
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).trim(), 16)?;
-            if size == 0 {
-                return Ok(out);
-            }
-            let start = nl + 2;
-            out.extend_from_slice(rest.get(start..start + size).context("short chunk")?);
-            rest = rest.get(start + size + 2..).context("short chunk")?;
-        }
-    }
-    Ok(body.to_vec())
 }
 
 /// A number at a JSON pointer of the status (0 if absent).

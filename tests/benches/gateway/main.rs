@@ -478,7 +478,8 @@ impl Bench {
         )
         .await?;
         let rate = self.ingest_rate(d.mqtt, &format!("ib-{fsync}")).await;
-        let metrics = daemon::http_get(d.web, "/metrics")
+        let metrics = d
+            .get("/metrics")
             .await
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
