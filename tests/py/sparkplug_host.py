@@ -77,6 +77,11 @@ def properties_of(m) -> dict:
     return out
 
 
+# Datatypes by alias and by name, per (group, node, device), learnt from births: data messages
+# may carry metrics by alias without a datatype.
+BIRTHS: dict = {}
+
+
 def decode(topic: str, data: bytes) -> dict:
     parts = topic.split("/")
     if len(parts) >= 3 and parts[1] == "STATE":
@@ -89,9 +94,26 @@ def decode(topic: str, data: bytes) -> dict:
         return {"topic": topic, "kind": "other", "payload": data.decode(errors="replace")}
     p = Payload()
     p.ParseFromString(data)
+    kind = parts[2]
+    key = (parts[1], parts[3], parts[4] if len(parts) > 4 else None)
+    if kind in ("NBIRTH", "DBIRTH"):
+        BIRTHS[key] = {}
+        if kind == "NBIRTH":
+            for k in [k for k in BIRTHS if k[:2] == key[:2] and k[2] is not None]:
+                del BIRTHS[k]
+    known = BIRTHS.setdefault(key, {})
     metrics = []
     for m in p.metrics:
-        dt = m.datatype if m.HasField("datatype") else 0
+        if m.HasField("datatype"):
+            dt = m.datatype
+        elif m.HasField("alias") and ("a", m.alias) in known:
+            dt = known[("a", m.alias)]
+        else:
+            dt = known.get(("n", m.name), 0)
+        if kind in ("NBIRTH", "DBIRTH"):
+            if m.HasField("alias"):
+                known[("a", m.alias)] = dt
+            known[("n", m.name)] = dt
         metrics.append({
             "name": m.name if m.HasField("name") else None,
             "alias": m.alias if m.HasField("alias") else None,

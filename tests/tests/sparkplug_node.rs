@@ -308,7 +308,7 @@ fn tail_json(v: &[Value], n: usize) -> String {
 }
 
 fn is(t: &'static str) -> impl Fn(&Value) -> bool {
-    move |v| v["type"] == t
+    move |v: &Value| v["type"] == t
 }
 
 fn metric<'a>(msg: &'a Value, name: &str) -> Option<&'a Value> {
@@ -724,7 +724,6 @@ async fn primary_host_state_gates_births() -> Result<()> {
                 && s["devices"][0]["polls"].as_u64().unwrap_or(0) > 0
         })
         .await?;
-        // A rebirth request is refused while offline: nothing is born.
         let t0 = ironbridge_e2e::gateway::now_ms() as u64;
         host.send(json!({"cmd": "state", "host_id": "scada", "online": true, "timestamp": t0})).await?;
         let nb = host.next("NBIRTH once the host is online", Duration::from_secs(10), |v| v["kind"] == "sparkplug").await?;
