@@ -471,6 +471,11 @@ impl Config {
                 ));
             }
         }
+        issues.extend(crate::sparkplug::node::validate(
+            &self.sparkplug,
+            &self.gateway_id(),
+            &self.modbus,
+        ));
         if let Err(modbus) = self.modbus.validate() {
             issues.extend(
                 modbus
@@ -491,6 +496,15 @@ impl Config {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "ironbridge".into())
+    }
+
+    /// The Sparkplug edge node id: `sparkplug.edge_node_id`, else the gateway id.
+    pub fn edge_node_id(&self) -> String {
+        if self.sparkplug.edge_node_id.is_empty() {
+            self.gateway_id()
+        } else {
+            self.sparkplug.edge_node_id.clone()
+        }
     }
 
     pub fn buffer_dir(&self) -> PathBuf {

@@ -413,7 +413,9 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
                         stop.await;
                         return Ok(());
                     }
-                    modbus::run(devices, hub, Some(broker), stop)
+                    // With the Sparkplug edge node on, JSON topics only if asked for.
+                    let json = !cfg.sparkplug.enabled || cfg.sparkplug.json_topics;
+                    modbus::run(devices, hub, json.then_some(broker), stop)
                         .await
                         .map_err(|e| e.to_string())
                 }
@@ -495,6 +497,27 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
                 },
             ))
         });
+    // sp-node: the Sparkplug edge node for the Modbus devices; executes DCMD/NCMD.
+    let node_task = boot.sparkplug.enabled.then(|| {
+        let ctx = crate::sparkplug::node::NodeContext {
+            config: boot.sparkplug.clone(),
+            edge_node_id: boot.edge_node_id(),
+            expect_devices: !boot.modbus.devices.is_empty() || !runtime_devices.is_empty(),
+            hub: hub.clone(),
+            broker: broker.clone(),
+            state: state.clone(),
+            audit: command_audit.clone(),
+            status: Arc::new(crate::sparkplug::node::NodeStatus::default()),
+        };
+        status.set_sparkplug_node(ctx.status.clone(), command_audit.clone());
+        let stop = stop_rx.clone();
+        tokio::spawn(supervise(
+            "sparkplug_node",
+            status.clone(),
+            stop_rx.clone(),
+            move || crate::sparkplug::node::run(ctx.clone(), stopped(stop.clone())),
+        ))
+    });
     status.set_component("mqtt", ComponentState::Running);
     status.set_component("web", ComponentState::Running);
     tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), web = %https_addr, "ironbridge running");
@@ -541,6 +564,10 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     sweeper.abort();
     drop(ctx);
     let orderly = async {
+        // The edge node publishes its NDEATH while the broker still runs.
+        if let Some(t) = node_task {
+            let _ = t.await;
+        }
         let _ = modbus_task.await;
         if let Some((_, t)) = sparkplug_ingest {
             let _ = t.await;

@@ -12,6 +12,8 @@ use ironbridge_adapters::modbus::DeviceHealth;
 
 use crate::modbus::HealthBoard;
 use crate::mqtt::MqttStats;
+use crate::sparkplug::audit::CommandAudit;
+use crate::sparkplug::node::{NodeStatus, SparkplugNodeReport};
 use crate::uplink::{UplinkSnapshot, UplinkStatus};
 
 /// What the supervisor knows about one component.
@@ -58,6 +60,7 @@ struct Inner {
     modbus: HealthBoard,
     rates: Mutex<RateSampler>,
     sparkplug_ingest: Mutex<Option<Arc<crate::sparkplug::ingest::IngestStatus>>>,
+    sparkplug_node: Mutex<Option<(Arc<NodeStatus>, Arc<CommandAudit>)>>,
 }
 
 /// The previous sample (time, appended, forwarded) and the rates derived from it.
@@ -95,6 +98,9 @@ pub struct StatusReport {
     /// Sparkplug ingest of third-party edge nodes (when running).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sparkplug_ingest: Option<crate::sparkplug::ingest::IngestSnapshot>,
+    /// The Sparkplug edge node (when `sparkplug.enabled`) and its command audit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug_node: Option<SparkplugNodeReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -141,6 +147,7 @@ impl GatewayStatus {
                 modbus: HealthBoard::default(),
                 rates: Mutex::new(RateSampler::default()),
                 sparkplug_ingest: Mutex::new(None),
+                sparkplug_node: Mutex::new(None),
             }),
         }
     }
@@ -160,6 +167,11 @@ impl GatewayStatus {
     /// Shows the Sparkplug ingest counters and node view in the report and metrics.
     pub fn set_sparkplug_ingest(&self, s: Arc<crate::sparkplug::ingest::IngestStatus>) {
         *lock(&self.inner.sparkplug_ingest) = Some(s);
+    }
+
+    /// Shows the Sparkplug edge node and its command audit in `/api/status`.
+    pub fn set_sparkplug_node(&self, node: Arc<NodeStatus>, audit: Arc<CommandAudit>) {
+        *lock(&self.inner.sparkplug_node) = Some((node, audit));
     }
 
     /// Where the Modbus component posts per-device health.
@@ -255,6 +267,9 @@ impl GatewayStatus {
             sparkplug_ingest: lock(&self.inner.sparkplug_ingest)
                 .as_ref()
                 .map(|s| s.snapshot()),
+            sparkplug_node: lock(&self.inner.sparkplug_node)
+                .as_ref()
+                .map(|(n, a)| SparkplugNodeReport::new(n, a)),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod births;
 pub mod config;
 pub mod ingest;
+pub mod node;
 pub mod payload;
 pub mod proto;
 pub mod topic;

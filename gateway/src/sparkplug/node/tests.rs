@@ -1,0 +1,578 @@
+use super::*;
+use ironbridge_adapters::modbus::ModbusConfig;
+
+const DEVICES: &str = r#"
+[[devices]]
+name = "press"
+transport = { type = "tcp", address = "127.0.0.1:502" }
+
+[[devices.tags]]
+name = "temp"
+address = "30001"
+type = "f32"
+unit = "degC"
+
+[[devices.tags]]
+name = "setpoint"
+address = "40001"
+type = "u16"
+access = "read_write"
+
+[[devices.tags]]
+name = "scaled"
+address = "40002"
+type = "i16"
+scale = 0.1
+access = "read_write"
+
+[[devices]]
+name = "pump"
+transport = { type = "tcp", address = "127.0.0.1:503" }
+
+[[devices.tags]]
+name = "running"
+address = "00001"
+type = "bool"
+access = "read_write"
+
+[[devices]]
+name = "off"
+enabled = false
+transport = { type = "tcp", address = "127.0.0.1:504" }
+
+[[devices.tags]]
+name = "x"
+address = "40001"
+type = "u16"
+"#;
+
+fn modbus() -> ModbusConfig {
+    toml::from_str(DEVICES).expect("devices parse")
+}
+
+fn devices() -> Vec<Arc<Device>> {
+    modbus()
+        .validate()
+        .expect("devices valid")
+        .into_iter()
+        .map(Arc::new)
+        .collect()
+}
+
+fn core() -> NodeCore {
+    NodeCore::new("plant", "gw1", model(&devices()))
+}
+
+fn reading(device: &str, tag: &str, value: Option<Value>, quality: Quality, ts: u64) -> Reading {
+    Reading {
+        device: device.into(),
+        tag: tag.into(),
+        value,
+        quality,
+        timestamp_ms: ts,
+    }
+}
+
+fn good(device: &str, tag: &str, v: Value, ts: u64) -> Reading {
+    reading(device, tag, Some(v), Quality::Good, ts)
+}
+
+fn none(_: &str) -> Vec<Reading> {
+    Vec::new()
+}
+
+fn seqs(out: &[Outgoing]) -> Vec<Option<u64>> {
+    out.iter().map(|o| o.payload.seq).collect()
+}
+
+fn metric<'a>(p: &'a Payload, name: &str) -> &'a Metric {
+    p.metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no metric {name} in {p:?}"))
+}
+
+#[test]
+fn model_has_unique_aliases_and_mapped_datatypes() {
+    let m = model(&devices());
+    assert_eq!(m.len(), 2, "disabled devices are not Sparkplug devices");
+    let aliases: Vec<u64> = m
+        .iter()
+        .flat_map(|d| d.tags.iter().map(|t| t.alias))
+        .collect();
+    assert_eq!(aliases, [1, 2, 3, 4]);
+    let press = &m[0];
+    assert_eq!(press.tag("temp").map(|t| t.datatype), Some(DataType::Float));
+    assert_eq!(
+        press.tag("setpoint").map(|t| t.datatype),
+        Some(DataType::UInt16)
+    );
+    assert_eq!(
+        press.tag("scaled").map(|t| t.datatype),
+        Some(DataType::Double),
+        "scaled tags are Double"
+    );
+    assert_eq!(
+        m[1].tag("running").map(|t| t.datatype),
+        Some(DataType::Boolean)
+    );
+    for (k, d) in [
+        (ValueKind::Bool, DataType::Boolean),
+        (ValueKind::U16, DataType::UInt16),
+        (ValueKind::I16, DataType::Int16),
+        (ValueKind::U32, DataType::UInt32),
+        (ValueKind::I32, DataType::Int32),
+        (ValueKind::U64, DataType::UInt64),
+        (ValueKind::I64, DataType::Int64),
+        (ValueKind::F32, DataType::Float),
+        (ValueKind::F64, DataType::Double),
+        (ValueKind::String, DataType::String),
+    ] {
+        assert_eq!(datatype_of(k), d);
+    }
+}
+
+#[test]
+fn birth_then_data_by_exception_with_aliases() {
+    let mut c = core();
+    let latest = |d: &str| {
+        if d == "press" {
+            vec![
+                good("press", "temp", Value::F32(21.5), 100),
+                good("press", "setpoint", Value::U16(7), 101),
+            ]
+        } else {
+            Vec::new()
+        }
+    };
+    let out = c.birth(5, &latest);
+    assert_eq!(
+        out.len(),
+        2,
+        "NBIRTH + DBIRTH of the device that answered: {out:?}"
+    );
+    assert_eq!(out[0].topic, "spBv1.0/plant/NBIRTH/gw1");
+    assert_eq!(out[0].payload.seq, Some(0));
+    assert_eq!(
+        metric(&out[0].payload, BDSEQ).value,
+        Some(MetricValue::Int64(5))
+    );
+    assert_eq!(
+        metric(&out[0].payload, REBIRTH).value,
+        Some(MetricValue::Boolean(false))
+    );
+    let db = &out[1];
+    assert_eq!(db.topic, "spBv1.0/plant/DBIRTH/gw1/press");
+    assert_eq!(db.payload.seq, Some(1));
+    assert_eq!(db.payload.metrics.len(), 3, "every tag, known or not");
+    let temp = metric(&db.payload, "temp");
+    assert_eq!(temp.alias, Some(1));
+    assert_eq!(temp.datatype, Some(DataType::Float));
+    assert_eq!(temp.value, Some(MetricValue::Float(21.5)));
+    assert_eq!(temp.timestamp, Some(100));
+    let props = temp.properties.as_ref().expect("properties");
+    assert_eq!(props.get("engUnit"), Some(&PropertyValue::string("degC")));
+    assert_eq!(props.get("readOnly"), Some(&PropertyValue::boolean(true)));
+    let sp = metric(&db.payload, "setpoint");
+    assert_eq!(
+        sp.properties.as_ref().and_then(|p| p.get("readOnly")),
+        Some(&PropertyValue::boolean(false))
+    );
+    let scaled = metric(&db.payload, "scaled");
+    assert!(scaled.is_null(), "not read yet: null");
+    assert_eq!(scaled.datatype, Some(DataType::Double));
+
+    // A change → DDATA by alias with the reading's timestamp; an unchanged value → nothing.
+    let out = c.readings(
+        &[
+            good("press", "temp", Value::F32(21.5), 200),
+            good("press", "setpoint", Value::U16(8), 201),
+        ],
+        &none,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, "spBv1.0/plant/DDATA/gw1/press");
+    assert_eq!(out[0].payload.seq, Some(2));
+    let m = &out[0].payload.metrics;
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].alias, Some(2));
+    assert_eq!(m[0].name, None);
+    assert_eq!(m[0].timestamp, Some(201));
+    assert_eq!(m[0].value, Some(MetricValue::UInt16(8)));
+
+    // A tag-level error: a null value with a bad Quality property.
+    let out = c.readings(
+        &[reading(
+            "press",
+            "temp",
+            None,
+            Quality::Bad(BadReason::Exception(2)),
+            300,
+        )],
+        &none,
+    );
+    let m = &out[0].payload.metrics[0];
+    assert!(m.is_null());
+    assert_eq!(
+        m.properties.as_ref().and_then(|p| p.get("Quality")),
+        Some(&PropertyValue::new(MetricValue::Int32(QUALITY_BAD)))
+    );
+
+    // A rebirth keeps bdSeq and restarts seq at 0.
+    let out = c.birth(5, &latest);
+    assert_eq!(seqs(&out), [Some(0), Some(1)]);
+    assert_eq!(c.snapshot().rebirths, 1);
+    assert_eq!(c.snapshot().births, 1);
+}
+
+#[test]
+fn device_death_and_rebirth_on_return() {
+    let mut c = core();
+    c.birth(0, &none);
+    // First reading of an unborn device → DBIRTH (with the reading in hand).
+    let out = c.readings(&[good("pump", "running", Value::Bool(true), 10)], &none);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].message_type, MessageType::DBirth);
+    assert_eq!(
+        metric(&out[0].payload, "running").value,
+        Some(MetricValue::Boolean(true))
+    );
+    // Unreachable → DDEATH once.
+    let down = reading(
+        "pump",
+        "running",
+        None,
+        Quality::Bad(BadReason::Timeout),
+        20,
+    );
+    let out = c.readings(&[down.clone(), down.clone()], &none);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].topic, "spBv1.0/plant/DDEATH/gw1/pump");
+    assert_eq!(out[0].payload.seq, Some(2));
+    assert!(c.readings(&[down], &none).is_empty());
+    // Back → DBIRTH.
+    let out = c.readings(&[good("pump", "running", Value::Bool(false), 30)], &none);
+    assert_eq!(out[0].message_type, MessageType::DBirth);
+    assert_eq!(c.snapshot().devices_online, 1);
+}
+
+#[test]
+fn seq_wraps_after_255() {
+    let mut c = core();
+    c.birth(0, &none);
+    c.readings(&[good("pump", "running", Value::Bool(true), 0)], &none);
+    let mut all = Vec::new();
+    for i in 0..300u64 {
+        let out = c.readings(
+            &[good("pump", "running", Value::Bool(i % 2 == 1), i)],
+            &none,
+        );
+        all.extend(seqs(&out));
+    }
+    // NBIRTH 0, DBIRTH 1, then DDATA from 2 on.
+    let want: Vec<Option<u64>> = (2..302u64).map(|s| Some(s % 256)).collect();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn nothing_before_birth_and_death_ends_session() {
+    let mut c = core();
+    assert!(
+        c.readings(&[good("pump", "running", Value::Bool(true), 0)], &none)
+            .is_empty()
+    );
+    assert!(c.die().is_none());
+    c.birth(9, &none);
+    let d = c.die().expect("NDEATH");
+    assert_eq!(d.topic, "spBv1.0/plant/NDEATH/gw1");
+    assert_eq!(d.payload.seq, None, "NDEATH has no seq");
+    assert_eq!(metric(&d.payload, BDSEQ).value, Some(MetricValue::Int64(9)));
+    assert!(!c.is_born());
+}
+
+const MQTT: CommandOrigin<'static> = CommandOrigin {
+    source: CommandSource::Mqtt,
+    correlation_id: None,
+    allow: &[],
+    restricted: false,
+};
+
+fn dcmd(metrics: Vec<Metric>) -> Vec<u8> {
+    let mut p = Payload::new(1, Some(0));
+    p.metrics = metrics;
+    p.uuid = Some("corr-1".into());
+    p.encode().expect("encode")
+}
+
+fn plan(c: &NodeCore, device: &str, metrics: Vec<Metric>, restricted: bool) -> CommandPlan {
+    plan_command(
+        c,
+        MessageType::DCmd,
+        Some(device),
+        &dcmd(metrics),
+        &CommandOrigin {
+            source: CommandSource::Mqtt,
+            correlation_id: Some("corr-1".into()),
+            allow: &["press/setpoint".to_string()],
+            restricted,
+        },
+    )
+}
+
+#[test]
+fn dcmd_checks_metric_access_type_and_range() {
+    let c = core();
+    // By name.
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("setpoint", MetricValue::UInt16(42))],
+        false,
+    );
+    assert!(p.rejected.is_empty(), "{p:?}");
+    assert_eq!(p.writes.len(), 1);
+    assert_eq!(p.writes[0].value, Value::U16(42));
+    assert_eq!(p.writes[0].correlation_id.as_deref(), Some("corr-1"));
+    // By alias, without a datatype (resolved from the birth), and a scaled tag as Double.
+    let p = plan(
+        &c,
+        "press",
+        vec![
+            Metric::aliased(2, MetricValue::UInt32(43)),
+            Metric::new("scaled", MetricValue::Double(12.5)),
+        ],
+        false,
+    );
+    assert!(p.rejected.is_empty(), "{p:?}");
+    assert_eq!(p.writes[0].value, Value::U16(43));
+    assert_eq!(p.writes[1].value, Value::F64(12.5));
+    let reason = |p: &CommandPlan| p.rejected[0].reason.clone().unwrap_or_default();
+    // Unknown metric, unknown device, read-only, wrong type, out of range, null.
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("nope", MetricValue::UInt16(1))],
+        false,
+    );
+    assert!(reason(&p).contains("no metric"), "{p:?}");
+    let p = plan(
+        &c,
+        "ghost",
+        vec![Metric::new("setpoint", MetricValue::UInt16(1))],
+        false,
+    );
+    assert!(reason(&p).contains("unknown device"), "{p:?}");
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("temp", MetricValue::Float(1.0))],
+        false,
+    );
+    assert!(reason(&p).contains("read-only"), "{p:?}");
+    assert_eq!(p.rejected[0].outcome, Outcome::Rejected);
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("setpoint", MetricValue::Boolean(true))],
+        false,
+    );
+    assert!(reason(&p).contains("cannot be written"), "{p:?}");
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("setpoint", MetricValue::Int32(70000))],
+        false,
+    );
+    assert!(reason(&p).contains("out of range"), "{p:?}");
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("setpoint", MetricValue::Int32(-1))],
+        false,
+    );
+    assert!(reason(&p).contains("out of range"), "{p:?}");
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::null("setpoint", DataType::UInt16)],
+        false,
+    );
+    assert!(reason(&p).contains("null"), "{p:?}");
+    // Malformed payload.
+    let p = plan_command(&c, MessageType::DCmd, Some("press"), b"\xff\xff\xff", &MQTT);
+    assert!(reason(&p).contains("malformed"), "{p:?}");
+    // The allow-list, when restricted.
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("scaled", MetricValue::Double(1.0))],
+        true,
+    );
+    assert!(
+        reason(&p).contains("not in sparkplug.commands.allow"),
+        "{p:?}"
+    );
+    let p = plan(
+        &c,
+        "press",
+        vec![Metric::new("setpoint", MetricValue::UInt16(1))],
+        true,
+    );
+    assert!(p.rejected.is_empty());
+    assert!(allowed(&["pump/*".into()], "pump", "running"));
+    assert!(!allowed(&["pump/*".into()], "press", "running"));
+}
+
+#[test]
+fn ncmd_rebirth() {
+    let c = core();
+    let payload = dcmd(vec![Metric::new(REBIRTH, MetricValue::Boolean(true))]);
+    let p = plan_command(&c, MessageType::NCmd, None, &payload, &MQTT);
+    assert!(p.rebirth && p.rejected.is_empty());
+    let payload = dcmd(vec![Metric::new(
+        "Node Control/Reboot",
+        MetricValue::Boolean(true),
+    )]);
+    let p = plan_command(&c, MessageType::NCmd, None, &payload, &MQTT);
+    assert!(!p.rebirth && p.rejected.len() == 1);
+}
+
+#[test]
+fn command_values_convert_with_checks() {
+    assert_eq!(
+        command_value(ValueKind::I16, &MetricValue::Int64(-5)),
+        Ok(Value::I16(-5))
+    );
+    assert_eq!(
+        command_value(ValueKind::U64, &MetricValue::Double(3.0)),
+        Ok(Value::U64(3))
+    );
+    assert!(command_value(ValueKind::U64, &MetricValue::Double(3.5)).is_err());
+    assert_eq!(
+        command_value(ValueKind::F32, &MetricValue::Int32(2)),
+        Ok(Value::F32(2.0))
+    );
+    assert!(command_value(ValueKind::F32, &MetricValue::Double(1e300)).is_err());
+    assert_eq!(
+        command_value(ValueKind::String, &MetricValue::Text("a".into())),
+        Ok(Value::String("a".into()))
+    );
+    assert!(command_value(ValueKind::String, &MetricValue::Int32(1)).is_err());
+    assert!(command_value(ValueKind::Bool, &MetricValue::Int32(1)).is_err());
+}
+
+#[test]
+fn host_state_is_parsed_and_ordered() {
+    let s = parse_state(br#"{"online":true,"timestamp":10}"#).expect("3.0");
+    assert_eq!(
+        s,
+        HostState {
+            online: true,
+            timestamp: Some(10)
+        }
+    );
+    assert_eq!(parse_state(b"OFFLINE").map(|s| s.online), Some(false));
+    assert!(parse_state(b"{}").is_none());
+    let mut h = HostTracker::default();
+    assert_eq!(h.apply(s), Some(true));
+    assert_eq!(h.apply(s), None, "no change");
+    // An older OFFLINE (e.g. a late will) is ignored.
+    assert_eq!(
+        h.apply(HostState {
+            online: false,
+            timestamp: Some(5)
+        }),
+        None
+    );
+    assert_eq!(
+        h.apply(HostState {
+            online: false,
+            timestamp: Some(11)
+        }),
+        Some(false)
+    );
+}
+
+#[test]
+fn bdseq_continues_and_wraps() {
+    assert_eq!(next_bdseq(None), 0);
+    assert_eq!(
+        next_bdseq(Some(SessionRecord {
+            bdseq: 4,
+            online: false
+        })),
+        5
+    );
+    assert_eq!(
+        next_bdseq(Some(SessionRecord {
+            bdseq: 255,
+            online: true
+        })),
+        0
+    );
+}
+
+#[tokio::test]
+async fn sessions_persist() {
+    let s = StateStore::temporary().expect("store");
+    assert_eq!(load_session(&s, "embedded").await.expect("load"), None);
+    let rec = SessionRecord {
+        bdseq: 3,
+        online: true,
+    };
+    save_session(&s, "embedded", rec).await.expect("save");
+    assert_eq!(load_session(&s, "embedded").await.expect("load"), Some(rec));
+}
+
+#[test]
+fn validation_names_fields() {
+    let mut sp = SparkplugConfig {
+        enabled: true,
+        group_id: "a/b".into(),
+        ..SparkplugConfig::default()
+    };
+    sp.primary_host_id = Some("h#".into());
+    sp.commands.allow = vec![
+        "press/setpoint".into(),
+        "press/temp".into(),
+        "ghost/x".into(),
+        "nodevice".into(),
+        "pump/*".into(),
+        "press/missing".into(),
+    ];
+    sp.upstream = Some(super::super::config::UpstreamConfig {
+        server: "nohost".into(),
+        client_id: String::new(),
+        username: None,
+        password: Some("p".into()),
+        tls: false,
+        ca_file: None,
+        keep_alive_s: 1,
+    });
+    let issues = validate(&sp, "gw", &modbus());
+    let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "sparkplug.group_id",
+            "sparkplug.primary_host_id",
+            "sparkplug.upstream.server",
+            "sparkplug.upstream.keep_alive_s",
+            "sparkplug.upstream.password",
+            "sparkplug.commands.allow[1]",
+            "sparkplug.commands.allow[2]",
+            "sparkplug.commands.allow[3]",
+            "sparkplug.commands.allow[5]",
+        ],
+        "{issues:?}"
+    );
+    let ok = SparkplugConfig {
+        enabled: true,
+        ..SparkplugConfig::default()
+    };
+    assert!(validate(&ok, "gw-1", &modbus()).is_empty());
+    assert_eq!(
+        validate(&ok, "bad/id", &modbus())[0].0,
+        "sparkplug.edge_node_id"
+    );
+}
