@@ -117,28 +117,61 @@ impl Browser {
                 body.len()
             );
             s.write_all(req.as_bytes()).await?;
+            // chromedriver keeps the connection open: read the head, then Content-Length bytes
+            // (or chunks, or until EOF without either).
             let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(buf)
+            let mut chunk = [0u8; 16384];
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::Error::other(
+                        "connection closed in the response head",
+                    ));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            let chunked = head.contains("transfer-encoding: chunked")
+                || head.contains("transfer-encoding:chunked");
+            loop {
+                let body_len = buf.len() - head_end;
+                let done = match length {
+                    Some(l) => body_len >= l,
+                    None if chunked => buf.ends_with(b"0\r\n\r\n"),
+                    None => false,
+                };
+                if done {
+                    break;
+                }
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, std::io::Error>((head, buf.split_off(head_end)))
         };
-        let buf = timeout(Duration::from_secs(60), exchange)
+        let (head, body) = timeout(Duration::from_secs(60), exchange)
             .await
             .with_context(|| format!("WebDriver {method} {path} timed out"))?
             .with_context(|| format!("WebDriver {method} {path}"))?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, rest) = text
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("WebDriver {method} {path}: no header end"))?;
+        let rest = String::from_utf8_lossy(&body);
         let code: u16 = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .context("WebDriver status line")?;
-        let chunked = head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked");
+        let chunked = head.contains("transfer-encoding: chunked")
+            || head.contains("transfer-encoding:chunked");
         let json_text = if chunked {
-            dechunk(rest)?
+            dechunk(&rest)?
         } else {
             rest.to_string()
         };

@@ -268,7 +268,7 @@ function deviceForm(dev) {
     parity: select([["none", "None"], ["even", "Even"], ["odd", "Odd"]], tr.parity || "none"),
     data_bits: select(["7", "8"], String(tr.data_bits || 8)),
     stop_bits: select(["1", "2"], String(tr.stop_bits || 1)),
-    unit_id: numInput(dev.unit_id, { min: 0, max: 255, step: 1 }),
+    unit_id: numInput(dev.unit_id, { id: "dev-unit", min: 0, max: 255, step: 1 }),
     poll: numInput(dev.poll_interval_ms, { min: 1, step: 1 }),
     timeout: numInput(dev.timeout_ms, { min: 1, step: 1 }),
     retries: numInput(dev.retries, { min: 0, step: 1 }),
