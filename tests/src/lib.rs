@@ -21,6 +21,7 @@ pub mod mqtt;
 pub mod net;
 pub mod process;
 pub mod proxy;
+pub mod pymodbus;
 pub mod tansu;
 
 pub use external::{External, require};

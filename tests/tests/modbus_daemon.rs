@@ -4,51 +4,14 @@
 //! Kafka is tansu; what arrived is read with confluent-kafka.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use ironbridge_e2e::gateway::{Gateway, GatewayOptions, Route, prepare, within};
+use ironbridge_e2e::pymodbus::start_pymodbus;
 use ironbridge_e2e::{External, KafkaTool, Storage, Tansu, free_port, require};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const NEEDS: &[External] = &[External::Tansu, External::PythonVenv];
-
-/// pymodbus lives in the adapters' venv (adapters/scripts/install-test-deps.sh).
-fn pymodbus_python() -> Result<PathBuf> {
-    let venv = std::env::var("IRONBRIDGE_MODBUS_VENV")
-        .unwrap_or_else(|_| "/var/cache/ironbridge/modbus-venv".into());
-    let py = PathBuf::from(venv).join("bin/python");
-    ensure!(
-        py.is_file(),
-        "{} missing: run adapters/scripts/install-test-deps.sh (or tests/scripts/install-deps.sh)",
-        py.display()
-    );
-    Ok(py)
-}
-
-async fn start_pymodbus(port: u16) -> Result<Child> {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/py/pymodbus_server.py");
-    let mut child = Command::new(pymodbus_python()?)
-        .arg(&script)
-        .args(["tcp", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start pymodbus_server.py")?;
-    let stdout = child.stdout.take().context("pymodbus stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim() == "READY" {
-            return Ok(child);
-        }
-    }
-    bail!("pymodbus_server.py exited before printing READY")
-}
 
 const DEVICE: &str = r#"
 [[modbus.devices]]

@@ -4,52 +4,17 @@
 //! pymodbus client), and the result lands in the result topic; a write outside the allow-list and
 //! a malformed record are refused and reported there, and never reach the device.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use ironbridge_e2e::gateway::{Gateway, GatewayOptions, prepare, within};
 use ironbridge_e2e::kafka::Record;
+use ironbridge_e2e::pymodbus::{pymodbus_python, start_pymodbus};
 use ironbridge_e2e::{External, KafkaTool, Storage, Tansu, free_port, require};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const NEEDS: &[External] = &[External::Tansu, External::PythonVenv];
-
-fn pymodbus_python() -> Result<PathBuf> {
-    let venv = std::env::var("IRONBRIDGE_MODBUS_VENV")
-        .unwrap_or_else(|_| "/var/cache/ironbridge/modbus-venv".into());
-    let py = PathBuf::from(venv).join("bin/python");
-    ensure!(
-        py.is_file(),
-        "{} missing: run adapters/scripts/install-test-deps.sh (or tests/scripts/install-deps.sh)",
-        py.display()
-    );
-    Ok(py)
-}
-
-async fn start_pymodbus(port: u16) -> Result<Child> {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../adapters/tests/py/pymodbus_server.py");
-    let mut child = Command::new(pymodbus_python()?)
-        .arg(&script)
-        .args(["tcp", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start pymodbus_server.py")?;
-    let stdout = child.stdout.take().context("pymodbus stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.trim() == "READY" {
-            return Ok(child);
-        }
-    }
-    bail!("pymodbus_server.py exited before printing READY")
-}
 
 /// Reads holding register `index` (0-based) of unit 1 with pymodbus's own client.
 async fn read_register(port: u16, index: u16) -> Result<u16> {
