@@ -42,6 +42,8 @@ impl Storage {
 pub struct Tansu {
     child: Option<Child>,
     addr: SocketAddr,
+    /// What metadata tells clients to connect to (default: `addr`).
+    advertised: SocketAddr,
     storage: Storage,
     log: PathBuf,
     // Holds the log (and working directory for the memory engine) until drop.
@@ -70,6 +72,17 @@ impl Tansu {
 
     /// Starts tansu on 127.0.0.1:`port`.
     pub async fn start_on(port: u16, storage: Storage) -> Result<Tansu> {
+        Tansu::start_advertising(port, storage, SocketAddr::from((LOCALHOST, port))).await
+    }
+
+    /// Starts tansu on 127.0.0.1:`port`, telling clients (in metadata) to connect to
+    /// `advertised` — e.g. a [`crate::FaultProxy`] in front of it, so that every connection a
+    /// client makes after bootstrapping goes through the proxy.
+    pub async fn start_advertising(
+        port: u16,
+        storage: Storage,
+        advertised: SocketAddr,
+    ) -> Result<Tansu> {
         let dir = tempfile::Builder::new()
             .prefix("ironbridge-tansu-")
             .tempdir()
@@ -77,6 +90,7 @@ impl Tansu {
         let mut t = Tansu {
             child: None,
             addr: SocketAddr::from((LOCALHOST, port)),
+            advertised,
             storage,
             log: dir.path().join("tansu.log"),
             _dir: dir,
@@ -114,7 +128,7 @@ impl Tansu {
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(format!("tcp://{}", self.advertised))
             .arg("--storage-engine")
             .arg(&engine)
             .current_dir(&cwd)

@@ -136,12 +136,18 @@ impl Daemon {
         }
     }
 
-    /// The web port serves: trust its certificate, do the first-boot setup, get a token.
+    /// The web port serves: trust its certificate, do the first-boot setup, get a token. The
+    /// token is kept beside the config, so a restart on the same state (already set up) reuses it.
     async fn first_boot(&self) -> Result<(reqwest::Client, String)> {
         let client = https_client(&self.state.join("tls").join("web.crt"))?;
+        let saved = self.state.with_file_name("api-token");
+        if let Ok(token) = std::fs::read_to_string(&saved) {
+            return Ok((client, token));
+        }
         let base = format!("https://{}", self.web);
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let token = first_boot_token(&client, &base, &log).await?;
+        std::fs::write(&saved, &token).with_context(|| format!("write {}", saved.display()))?;
         Ok((client, token))
     }
 
@@ -184,6 +190,14 @@ impl Daemon {
 
     pub fn log_tail(&self) -> String {
         log_tail(&self.log, 3000)
+    }
+
+    /// SIGKILL, as a crash or power cut would end it, and reap it.
+    pub async fn kill9(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("daemon not running");
+        };
+        child.kill().await.context("kill -9 the daemon")
     }
 
     /// SIGTERM, then SIGKILL after 30 s.

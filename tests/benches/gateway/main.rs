@@ -7,9 +7,11 @@
 //! cargo bench -p ironbridge-e2e --bench gateway -- --quick  # ~2 min
 //! ```
 //!
-//! Options after `--`: `--quick`, `--only ingest,drain,latency,rss,size`, `--dir DIR` (state
-//! and buffers; default `/var/tmp`), `--bin PATH` (daemon binary; default: builds
+//! Options after `--`: `--quick`, `--only ingest,drain,latency,rss,recovery,size,soak`, `--dir DIR`
+//! (state and buffers; default `/var/tmp`), `--bin PATH` (daemon binary; default: builds
 //! `cargo build --release -p ironbridge` and uses `<target>/release/ironbridge`), `--no-build`.
+//! The soak runs only when named: `--only soak [--soak-minutes 30] [--soak-rate 5000] [--out DIR]`
+//! (default `docs/soak/`: `soak.csv`, `soak.svg`, `SUMMARY.md`).
 //!
 //! 1. Ingest: MQTT 3.1.1 QoS 1, 100 B payloads, 8 publishers with 128 unacknowledged publishes
 //!    each, PUBACKs per second — ironbridge (fsync always, then interval) vs mosquitto, same
@@ -21,11 +23,15 @@
 //!    the payload, an rskafka fetch loop as consumer — vs rskafka producing directly (linger 5 ms
 //!    like the uplink).
 //! 4. Peak RSS (VmHWM) of the daemon holding, then draining, a large backlog; binary size.
+//! 5. Recovery: restart after `kill -9` while writing a large backlog, until the daemon serves —
+//!    vs the same restart with an empty buffer.
+//! 6. Soak (`soak.rs`): a steady rate for half an hour with periodic outages, sampled and plotted.
 
 mod daemon;
 mod kafka;
 mod load;
 mod mosq;
+mod soak;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,9 @@ struct Opts {
     dir: PathBuf,
     bin: Option<PathBuf>,
     build: bool,
+    soak_minutes: u64,
+    soak_rate: f64,
+    out: PathBuf,
 }
 
 impl Opts {
@@ -61,6 +70,9 @@ impl Opts {
             dir: PathBuf::from("/var/tmp"),
             bin: std::env::var_os("IRONBRIDGE_BIN").map(PathBuf::from),
             build: true,
+            soak_minutes: 30,
+            soak_rate: 5_000.0,
+            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/soak"),
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -73,6 +85,13 @@ impl Opts {
                 "--dir" => o.dir = PathBuf::from(args.next().context("--dir needs a path")?),
                 "--bin" => o.bin = Some(PathBuf::from(args.next().context("--bin needs a path")?)),
                 "--no-build" => o.build = false,
+                "--soak-minutes" => {
+                    o.soak_minutes = args.next().context("--soak-minutes needs N")?.parse()?;
+                }
+                "--soak-rate" => {
+                    o.soak_rate = args.next().context("--soak-rate needs msg/s")?.parse()?;
+                }
+                "--out" => o.out = PathBuf::from(args.next().context("--out needs a path")?),
                 // `cargo bench` passes --bench; libtest-style filters are ignored too.
                 _ => {}
             }
@@ -80,10 +99,12 @@ impl Opts {
         Ok(o)
     }
 
+    /// Every part runs by default except the soak, which runs only when named in `--only`.
     fn wants(&self, part: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|v| v.iter().any(|p| p == part))
+        match &self.only {
+            Some(v) => v.iter().any(|p| p == part),
+            None => part != "soak",
+        }
     }
 }
 
@@ -166,11 +187,17 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let limit = if opts.quick {
-            Duration::from_secs(8 * 60)
+        let soak = if opts.wants("soak") {
+            Duration::from_secs(opts.soak_minutes * 60 + 10 * 60)
         } else {
-            Duration::from_secs(30 * 60)
+            Duration::ZERO
         };
+        let limit = soak
+            + if opts.quick {
+                Duration::from_secs(8 * 60)
+            } else {
+                Duration::from_secs(30 * 60)
+            };
         tokio::select! {
             r = timeout(limit, run(opts)) => r.with_context(|| format!("bench exceeded its {limit:?} limit"))?,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; child processes are killed"),
@@ -220,8 +247,14 @@ async fn run(opts: Opts) -> Result<()> {
     if b.opts.wants("rss") {
         b.rss().await.context("rss")?;
     }
+    if b.opts.wants("recovery") {
+        b.recovery().await.context("recovery")?;
+    }
     if b.opts.wants("size") {
         b.size().await.context("binary size")?;
+    }
+    if b.opts.wants("soak") {
+        b.soak().await.context("soak")?;
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -1094,6 +1127,126 @@ impl Bench {
             mb(hwm_peak_seen),
             held as f64 / drain_s
         ));
+        Ok(())
+    }
+
+    /// Restart after `kill -9` with a large backlog in the buffer (killed while 8 publishers
+    /// were writing) vs with an empty buffer: time from spawning the daemon until it serves
+    /// (`/api/status` answers and the MQTT port accepts), and nothing acknowledged lost.
+    async fn recovery(&mut self) -> Result<()> {
+        let target = self.plan.rss_backlog;
+        let cfg = self.daemon_cfg("always", target * 2 + 64 * MIB, String::new());
+        let bin = self.bin.clone();
+        let restart_after_kill = async |d: &mut Daemon, dir: &Path| {
+            d.kill9().await?;
+            let t = Instant::now();
+            let d2 = Daemon::start(&bin, dir, &cfg).await?;
+            Ok::<_, anyhow::Error>((d2, t.elapsed()))
+        };
+        let mut empty = Vec::new();
+        let mut full = Vec::new();
+        let mut notes = Vec::new();
+        for round in 0..3 {
+            progress(format!("recovery round {}: empty buffer", round + 1));
+            let dir = scratch(&self.opts, "recovery-empty")?;
+            let mut d = Daemon::start(&self.bin, dir.path(), &cfg).await?;
+            let (mut d, took) = restart_after_kill(&mut d, dir.path()).await?;
+            d.stop().await?;
+            empty.push(took.as_secs_f64());
+
+            progress(format!(
+                "recovery round {}: kill -9 while writing a {:.0} MiB backlog",
+                round + 1,
+                target as f64 / MIB as f64
+            ));
+            let dir = scratch(&self.opts, "recovery-backlog")?;
+            let mut d = Daemon::start(&self.bin, dir.path(), &cfg).await?;
+            let load = Load::start(LoadSpec {
+                addr: d.mqtt,
+                conns: INGEST_CONNS,
+                window: 256,
+                topic: "plant/bench/recovery/{conn}".into(),
+                client_prefix: "bench-recovery".into(),
+                payload: Payload::Random { size: 1000 },
+                rate: None,
+                limit: Limit::Open,
+            })
+            .await?;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while num(&d.status().await?, "/buffer/bytes") < target {
+                if Instant::now() >= deadline {
+                    bail!("recovery: backlog not filled in 300 s");
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+            let acked = load.acked();
+            let (mut d2, took) = restart_after_kill(&mut d, dir.path()).await?;
+            // The publishers' connections died with the daemon.
+            let _ = load.stop(Duration::from_secs(10)).await;
+            let st = d2.status().await?;
+            let held = num(&st, "/buffer/next_offset");
+            d2.stop().await?;
+            if held < acked {
+                bail!("recovery: {held} records after kill -9, {acked} had been acknowledged");
+            }
+            notes.push(format!(
+                "{:.0} MB / {held} records held ({acked} acknowledged before the kill)",
+                num(&st, "/buffer/bytes") as f64 / MB
+            ));
+            full.push(took.as_secs_f64());
+        }
+        let summary = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{:.0}", x * 1e3))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        self.notes.push(format!(
+            "recovery (ms per round) — backlog: {}; empty: {}; backlogs: {}",
+            summary(&full),
+            summary(&empty),
+            notes.join("; ")
+        ));
+        let (f, e) = (median(&mut full), median(&mut empty));
+        self.rows.push(Row {
+            what: format!(
+                "recovery: kill -9 while writing, restart until serving (status + MQTT), {:.0} MiB backlog (median of 3)",
+                target as f64 / MIB as f64
+            ),
+            ours: format!("{:.0} ms", f * 1e3),
+            baseline: format!("same restart with an empty buffer: {:.0} ms", e * 1e3),
+            ratio: format!("{:.2}× (time)", f / e),
+            goal: "no acknowledged record lost (checked)".into(),
+        });
+        Ok(())
+    }
+
+    async fn soak(&mut self) -> Result<()> {
+        let spec = soak::SoakSpec::periodic(self.opts.soak_minutes, self.opts.soak_rate);
+        progress(format!(
+            "soak: {} min at {:.0} msg/s, {} outages, samples every {:?} → {}",
+            self.opts.soak_minutes,
+            self.opts.soak_rate,
+            spec.outages.len(),
+            spec.sample_every,
+            self.opts.out.display()
+        ));
+        let dir = scratch(&self.opts, "soak")?;
+        let r = soak::run(&self.bin, dir.path(), &spec, &self.opts.out).await?;
+        let text = soak::summary(&r, &spec);
+        println!(
+            "\n## Soak\n\n{text}\nCSV: {}\nplot: {}",
+            r.csv.display(),
+            r.svg.display()
+        );
+        std::fs::write(self.opts.out.join("SUMMARY.md"), &text)?;
+        if r.distinct < r.appended {
+            bail!(
+                "soak lost records: {} of {} in Kafka",
+                r.distinct,
+                r.appended
+            );
+        }
         Ok(())
     }
 
