@@ -40,10 +40,7 @@ fuzz_target!(|data: &[u8]| {
         IngestStatus::new(),
     )
     .expect("in-memory ingest");
-    let topic = TOPICS[data
-        .first()
-        .map(|b| *b as usize % TOPICS.len())
-        .unwrap_or(0)];
+    let topic = TOPICS[data.first().map(|b| *b as usize % TOPICS.len()).unwrap_or(0)];
     let _ = ingest.handle(topic, data);
     let _ = ingest.handle("spBv1.0/g/DDATA/n/d", data);
 });
