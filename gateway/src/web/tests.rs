@@ -179,10 +179,15 @@ async fn bad_path_parameter_is_a_json_error() {
         (Method::GET, "/api/devices/%FF"),
         (Method::PUT, "/api/config/%FF"),
     ] {
-        let (code, body) = h.request(method, path, Some("application/json"), "{}").await;
+        let (code, body) = h
+            .request(method, path, Some("application/json"), "{}")
+            .await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{path}");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
         assert_eq!(v["error"], "bad_request", "{path}: {v}");
-        assert!(v["message"].as_str().is_some_and(|m| m.contains("UTF-8")), "{v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("UTF-8")),
+            "{v}"
+        );
     }
 }
