@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use ironbridge_adapters::modbus::{
 };
 
 use super::auth::{Principal, PrincipalKind, Role};
-use super::{ApiError, AppState, JsonBody, clear_cookie, client_addr, session_cookie};
+use super::{ApiError, ApiPath, AppState, JsonBody, clear_cookie, client_addr, session_cookie};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
@@ -219,7 +219,7 @@ pub struct UserChange {
 pub async fn update_user(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(b): JsonBody<UserChange>,
 ) -> ApiResult {
     let u = st
@@ -233,7 +233,7 @@ pub async fn update_user(
 pub async fn delete_user(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     st.auth.delete_user(&name)?;
     tracing::info!(by = %p.who(), user = %name, "web user deleted");
@@ -266,7 +266,7 @@ pub async fn create_token(
 pub async fn delete_token(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     st.auth.delete_token(&id)?;
     tracing::info!(by = %p.who(), %id, "API token deleted");
@@ -371,7 +371,7 @@ pub async fn devices(State(st): State<AppState>) -> Response {
     Json(v).into_response()
 }
 
-pub async fn device(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+pub async fn device(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult {
     let (_, dc) = device_configs(&st)
         .into_iter()
         .find(|(_, d)| d.name == name)
@@ -386,7 +386,7 @@ pub struct ReadBody {
 
 pub async fn device_read(
     State(st): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(b): JsonBody<ReadBody>,
 ) -> ApiResult {
     let (dc, dev) = resolved(&st, &name)?;
@@ -476,7 +476,7 @@ fn to_value(kind: ValueKind, v: &Json_) -> Result<Value, String> {
 pub async fn device_write(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(b): JsonBody<WriteBody>,
 ) -> ApiResult {
     let (_, dev) = resolved(&st, &name)?;

@@ -408,7 +408,7 @@ impl Auth {
         Ok(auth)
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn setup_code(&self) -> Option<String> {
         lock(&self.setup_code).clone()
     }

@@ -4,7 +4,7 @@
 //! own validator, an atomic write, then live apply or `restart_required`.
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, Value};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use ironbridge_adapters::modbus::{DeviceConfig, TagConfig};
 
 use super::auth::Principal;
-use super::{ApiError, AppState, FieldError, JsonBody, TextBody};
+use super::{ApiError, ApiPath, AppState, FieldError, JsonBody, TextBody};
 use crate::config_store::{REDACTED, Saved};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -30,7 +30,10 @@ pub async fn get_config(State(st): State<AppState>) -> Response {
     Json(st.config.redacted_json()).into_response()
 }
 
-pub async fn get_section(State(st): State<AppState>, Path(section): Path<String>) -> ApiResult {
+pub async fn get_section(
+    State(st): State<AppState>,
+    ApiPath(section): ApiPath<String>,
+) -> ApiResult {
     let all = st.config.redacted_json();
     match all.get(&section) {
         Some(v) => Ok(Json(v.clone()).into_response()),
@@ -70,7 +73,7 @@ async fn hash_mqtt_passwords(section: &mut Value) -> ApiResult<()> {
 pub async fn put_section(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(section): Path<String>,
+    ApiPath(section): ApiPath<String>,
     JsonBody(mut body): JsonBody<Value>,
 ) -> ApiResult {
     if section == "mqtt" {
@@ -163,7 +166,7 @@ pub async fn add_device(
 pub async fn put_device(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(device): JsonBody<Value>,
 ) -> ApiResult {
     runtime_only(&st, &name)?;
@@ -190,7 +193,7 @@ pub async fn put_device(
 pub async fn delete_device(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult {
     runtime_only(&st, &name)?;
     if !st
@@ -413,7 +416,7 @@ fn file_device(st: &AppState, name: &str) -> ApiResult<DeviceConfig> {
         .ok_or_else(|| ApiError::not_found(format!("no device {name:?}")))
 }
 
-pub async fn get_tags_csv(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult {
+pub async fn get_tags_csv(State(st): State<AppState>, ApiPath(name): ApiPath<String>) -> ApiResult {
     let d = file_device(&st, &name)?;
     let mut resp = tags_to_csv(&d.tags).into_response();
     resp.headers_mut().insert(
@@ -426,7 +429,7 @@ pub async fn get_tags_csv(State(st): State<AppState>, Path(name): Path<String>) 
 pub async fn put_tags_csv(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     TextBody(text): TextBody,
 ) -> ApiResult {
     runtime_only(&st, &name)?;

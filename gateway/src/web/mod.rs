@@ -20,7 +20,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -604,6 +607,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A path parameter whose rejection (e.g. percent-encoded bytes that are not UTF-8) is the API's
+/// JSON error, like every other error, rather than axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) if e.status().is_client_error() => Err(ApiError::bad_request(e.body_text())),
+            Err(e) => Err(ApiError::internal(e.body_text())),
+        }
+    }
+}
+
 /// Reads a body up to [`MAX_BODY`] (413 beyond).
 pub async fn read_body<S: Send + Sync>(
     req: Request<Body>,
@@ -648,5 +667,9 @@ pub fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static("ib_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
+/// Test and fuzz support only: not an API of the daemon.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -1,71 +1,13 @@
 //! The access table against the real router: every route, without credentials, as viewer, as
 //! admin, and every state-changing one without its CSRF token.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use tower::ServiceExt as _;
 
-use super::auth::{Auth, Role};
+use super::auth::Role;
+use super::testing::{ADMIN, Cred, VIEWER, WebHarness};
 use super::*;
-use crate::config::Config;
-use crate::config_store::ConfigStore;
-use crate::modbus::ModbusHub;
-use crate::mqtt::{ClientRegistry, MqttStats};
-use crate::state::StateStore;
-use crate::status::GatewayStatus;
-use crate::uplink::UplinkStatus;
-
-struct Fixture {
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut c = Config::default();
-    c.gateway.state_dir = dir.path().join("state");
-    let path = dir.path().join("ironbridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[gateway]\nstate_dir = {:?}\n",
-            c.gateway.state_dir.display().to_string()
-        ),
-    )
-    .expect("config");
-    let log = Arc::new(
-        edge_buffer::Log::open(dir.path().join("buffer"), edge_buffer::Options::default())
-            .expect("log"),
-    );
-    let status = GatewayStatus::new(
-        "t".into(),
-        log,
-        Arc::new(MqttStats::default()),
-        Arc::new(UplinkStatus::new()),
-    );
-    let store = ConfigStore::new(c.clone(), Some(path));
-    let auth =
-        Arc::new(Auth::open(&StateStore::temporary().expect("sled"), store.clone()).expect("auth"));
-    let tls = Arc::new(tls::WebTls::load_or_generate(&c).expect("tls"));
-    Fixture {
-        state: Arc::new(WebContext {
-            hub: ModbusHub::new(status.modbus_health()),
-            status,
-            clients: Arc::new(ClientRegistry::default()),
-            config: store,
-            auth,
-            tls,
-            logs: logs::LogRing::global(),
-            runtime_devices: Vec::new(),
-            restart: watch::channel(false).0,
-            started: Instant::now(),
-        }),
-        _dir: dir,
-    }
-}
 
 /// A concrete path for a route pattern.
 fn concrete(pattern: &str) -> String {
@@ -76,74 +18,26 @@ fn concrete(pattern: &str) -> String {
         .replace("{*path}", "app.js")
 }
 
-struct Cred {
-    cookie: Option<String>,
-    csrf: Option<String>,
-    bearer: Option<String>,
-}
-
-async fn call(st: &AppState, method: &Method, path: &str, cred: &Cred) -> (StatusCode, String) {
-    let mut b = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header(header::HOST, "gw.test");
-    if let Some(c) = &cred.cookie {
-        b = b.header(header::COOKIE, format!("{SESSION_COOKIE}={c}"));
-    }
-    if let Some(t) = &cred.csrf {
-        b = b.header(CSRF_HEADER, t);
-    }
-    if let Some(t) = &cred.bearer {
-        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let body = if *method == Method::GET || *method == Method::DELETE {
-        Body::empty()
+/// A request with the API's usual body: `{}` as JSON unless GET or DELETE.
+async fn call(h: &WebHarness, method: &Method, path: &str, cred: &Cred) -> (StatusCode, String) {
+    let (ct, body) = if *method == Method::GET || *method == Method::DELETE {
+        (None, "")
     } else {
-        b = b.header(header::CONTENT_TYPE, "application/json");
-        Body::from("{}")
+        (Some("application/json"), "{}")
     };
-    let resp = router(st.clone())
-        .oneshot(b.body(body).expect("request"))
-        .await
-        .expect("response");
-    let code = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (code, bytes) = h.call(method.clone(), path, cred, ct, body).await;
     (code, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-fn session(st: &AppState, user: &str) -> Cred {
-    let (sid, csrf) = st.auth.new_session(user).expect("session");
-    Cred {
-        cookie: Some(sid),
-        csrf: Some(csrf),
-        bearer: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_route_is_guarded() {
-    let f = fixture();
-    let st = &f.state;
-    let code = st.auth.setup_code().expect("setup pending");
-    st.auth
-        .setup("admin", "correct horse battery", &code)
-        .await
-        .expect("setup");
-    st.auth
-        .create_user("watcher", "staple battery horse", Role::Viewer)
-        .await
-        .expect("viewer");
-    let (admin_token, _) = st
+    let h = WebHarness::new().await;
+    let (admin_token, _) = h
+        .state
         .auth
-        .create_token("ci", Role::Admin, "admin")
+        .create_token("ci", Role::Admin, ADMIN)
         .expect("token");
-    let none = Cred {
-        cookie: None,
-        csrf: None,
-        bearer: None,
-    };
+    let none = Cred::default();
     let table = route_table();
     assert!(table.len() > 40, "the table has {} routes", table.len());
     for r in table {
@@ -151,7 +45,7 @@ async fn every_route_is_guarded() {
         let what = format!("{} {}", r.method, r.path);
         let unsafe_method = !is_safe(&r.method);
 
-        let (anon, body) = call(st, &r.method, &path, &none).await;
+        let (anon, body) = call(&h, &r.method, &path, &none).await;
         match r.access {
             Access::Public => assert!(
                 anon != StatusCode::UNAUTHORIZED && anon != StatusCode::FORBIDDEN,
@@ -167,7 +61,7 @@ async fn every_route_is_guarded() {
             continue;
         }
 
-        let (viewer, body) = call(st, &r.method, &path, &session(st, "watcher")).await;
+        let (viewer, body) = call(&h, &r.method, &path, &h.session(VIEWER)).await;
         match r.access {
             Access::Admin => {
                 assert_eq!(viewer, StatusCode::FORBIDDEN, "{what} as viewer: {body}");
@@ -179,7 +73,7 @@ async fn every_route_is_guarded() {
             ),
         }
 
-        let (admin, body) = call(st, &r.method, &path, &session(st, "admin")).await;
+        let (admin, body) = call(&h, &r.method, &path, &h.session(ADMIN)).await;
         assert!(
             admin != StatusCode::UNAUTHORIZED
                 && admin != StatusCode::FORBIDDEN
@@ -189,14 +83,14 @@ async fn every_route_is_guarded() {
         );
 
         if unsafe_method {
-            let mut no_csrf = session(st, "admin");
+            let mut no_csrf = h.session(ADMIN);
             no_csrf.csrf = None;
-            let (c, body) = call(st, &r.method, &path, &no_csrf).await;
+            let (c, body) = call(&h, &r.method, &path, &no_csrf).await;
             assert_eq!(c, StatusCode::FORBIDDEN, "{what} without CSRF: {body}");
             assert!(body.contains("\"csrf\""), "{what} without CSRF: {body}");
-            let mut wrong = session(st, "admin");
+            let mut wrong = h.session(ADMIN);
             wrong.csrf = Some("forged".into());
-            let (c, _) = call(st, &r.method, &path, &wrong).await;
+            let (c, _) = call(&h, &r.method, &path, &wrong).await;
             assert_eq!(c, StatusCode::FORBIDDEN, "{what} with a wrong CSRF token");
             // A bearer token needs no CSRF token.
             let bearer = Cred {
@@ -204,7 +98,7 @@ async fn every_route_is_guarded() {
                 csrf: None,
                 bearer: Some(admin_token.clone()),
             };
-            let (c, body) = call(st, &r.method, &path, &bearer).await;
+            let (c, body) = call(&h, &r.method, &path, &bearer).await;
             assert!(
                 c != StatusCode::UNAUTHORIZED && c != StatusCode::FORBIDDEN,
                 "{what} with an admin token answered {c}: {body}"
@@ -213,18 +107,18 @@ async fn every_route_is_guarded() {
     }
     // A wrong token is refused even on a route a cookie would open.
     let bad = Cred {
-        cookie: session(st, "admin").cookie,
+        cookie: h.session(ADMIN).cookie,
         csrf: None,
         bearer: Some("ibt_nothing_wrong".into()),
     };
-    let (c, _) = call(st, &Method::GET, "/api/status", &bad).await;
+    let (c, _) = call(&h, &Method::GET, "/api/status", &bad).await;
     assert_eq!(c, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_origin_and_redirect() {
-    let f = fixture();
-    let st = &f.state;
+    let h = WebHarness::new().await;
+    let st = &h.state;
     let resp = router(st.clone())
         .oneshot(
             Request::builder()
@@ -273,4 +167,27 @@ async fn headers_origin_and_redirect() {
         "https://box.plant:8443/dashboard?x=1"
     );
     assert_eq!(host_without_port("[::1]:80"), "[::1]");
+}
+
+/// Found by the `web_api` fuzz target: a path parameter that is not UTF-8 once decoded was
+/// axum's plain-text 400, not the API's JSON error.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_path_parameter_is_a_json_error() {
+    let h = WebHarness::new().await;
+    for (method, path) in [
+        (Method::PUT, "/api/users/%C2%FB%7D"),
+        (Method::GET, "/api/devices/%FF"),
+        (Method::PUT, "/api/config/%FF"),
+    ] {
+        let (code, body) = h
+            .request(method, path, Some("application/json"), "{}")
+            .await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
+        assert_eq!(v["error"], "bad_request", "{path}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains("UTF-8")),
+            "{v}"
+        );
+    }
 }
