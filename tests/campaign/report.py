@@ -61,7 +61,9 @@ out += [
     "carrying the same `gateway_id` + `buffer_offset` headers (droppable by consumers); "
     "reordered = a record after a later one of the same key (MQTT topic / Modbus tag). In the "
     "disk-full campaign, lost under `drop_oldest` is what the policy dropped (it must equal the "
-    "`dropped_records` counter); in the torn-write campaign, lost is exactly the messages whose "
+    "uplink's `buffer_missed` counter exactly; the buffer's `dropped_records` may exceed it by "
+    "the uplink's in-flight batch, which was read before its segment was dropped and still "
+    "delivered); in the torn-write campaign, lost is exactly the messages whose "
     "bytes the test destroyed (it fails if any other message is missing or a damaged one is "
     "delivered).",
     "",

@@ -351,7 +351,11 @@ async fn kill_9(trials: usize) -> Result<()> {
         // A random moment: after 20..=800 acknowledgements.
         let kill_at = rng.range(20, 800) as usize;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while publishers.iter().map(StreamPublisher::acked).sum::<usize>() < kill_at {
+        // Every publisher must be connected (one acknowledgement each) before the kill: one
+        // that connects only after it would be refused and fail instead of reporting.
+        while publishers.iter().map(StreamPublisher::acked).sum::<usize>() < kill_at
+            || publishers.iter().any(|p| p.acked() == 0)
+        {
             ensure!(
                 Instant::now() < deadline,
                 "trial {trial}: load did not start"
@@ -501,6 +505,17 @@ async fn outage_trials(kinds: Vec<Outage>, min_s: u64, max_s: u64) -> Result<()>
         mut report,
     } = Setup::start("outages", kinds.len()).await?;
     report.seed = rng.seed();
+    // The documented default request timeout (30 s), not the harness's 2 s: after a long
+    // outage tansu (sqlite, loaded 2-core machine) needs more than 2 s for one full 1 MiB catch-up
+    // batch, and the uplink retries the very same batch after every timeout, so with 2 s it never
+    // catches up (seen: 26k records behind, every produce to events/1 timing out for 3 minutes).
+    gw.stop().await?;
+    let opts = gw
+        .options()
+        .clone()
+        .kafka_setting("request_timeout_ms", "30000");
+    gw.set_options(opts);
+    gw.restart().await?;
     // The outages are drawn first so the load can be sized to last through all of them.
     let plan: Vec<u64> = kinds.iter().map(|_| rng.range(min_s, max_s)).collect();
     let planned_s = plan.iter().sum::<u64>() + 10 * kinds.len() as u64 + 10;
@@ -556,9 +571,9 @@ async fn outage_trials(kinds: Vec<Outage>, min_s: u64, max_s: u64) -> Result<()>
             uplink: kind.name(),
             acknowledged: end - before,
             detail: format!(
-                "{how}{}caught up at buffer offset {:?} after {:.1} s",
+                "{how}{}caught up at buffer offset {} after {:.1} s",
                 if how.is_empty() { "" } else { "; " },
-                num(&s, "/buffer/next_offset"),
+                num(&s, "/buffer/next_offset").unwrap_or(0),
                 started.elapsed().as_secs_f64()
             ),
         });
@@ -874,13 +889,17 @@ async fn full_scenario(
         ensure!(dropped == 0, "dropped_records {dropped} under {policy}");
     } else {
         ensure!(lost > 0, "drop_oldest dropped nothing although full");
-        ensure!(
-            dropped as usize == lost,
-            "dropped_records {dropped} but {lost} acknowledged messages are missing in Kafka"
-        );
+        // Exact: the uplink's reader skipped exactly what it never got to send.
         ensure!(
             missed as usize == lost,
             "uplink buffer_missed {missed} but {lost} acknowledged messages are missing"
+        );
+        // The buffer's own counter cannot see the uplink's in-flight batch (read into memory
+        // before its segment was dropped, delivered after the outage): at least the loss, and
+        // above it by no more than one batch.
+        ensure!(
+            dropped as usize >= lost && dropped as usize <= lost + 10_000,
+            "dropped_records {dropped} but {lost} acknowledged messages are missing in Kafka"
         );
         // What was dropped is the oldest of the outage: every surviving record is newer.
         for (t, seqs) in &d.by_topic {
@@ -1124,9 +1143,8 @@ async fn torn_writes(trials: usize) -> Result<()> {
             uplink: "offline",
             acknowledged: count as usize * 4,
             detail: format!(
-                "{} damaged messages; corrupt_records {corrupt}, truncated_bytes {:?}",
-                damaged.len(),
-                num(&s, "/buffer/truncated_bytes")
+                "{} damaged messages; corrupt_records {corrupt}",
+                damaged.len()
             ),
         });
         damaged_all.extend(damaged);
