@@ -15,10 +15,11 @@ import sys
 
 src, dst = sys.argv[1], sys.argv[2]
 note = sys.argv[3] if len(sys.argv) > 3 else ""
-ORDER = {"kill9": 0, "outages": 1, "disk_full": 2, "torn_writes": 3}
+ORDER = {"kill9": 0, "outages": 1, "outages_short": 1.5, "disk_full": 2, "torn_writes": 3}
 TITLES = {
     "kill9": "kill -9 under mixed load",
     "outages": "uplink outages under load",
+    "outages_short": "uplink outages under load (short campaign)",
     "disk_full": "disk full during an outage",
     "torn_writes": "torn writes and flipped bytes between kill -9 restarts",
 }
@@ -70,7 +71,7 @@ out += [
 ]
 for r in reports:
     out += [f"## {TITLES.get(r['name'], r['name'])} ({r['name']})", "", f"Replay: {command(r)}", ""]
-    if r["name"] == "outages":
+    if r["name"].startswith("outages"):
         kinds = collections.OrderedDict()
         for row in r["rows"]:
             k = kinds.setdefault(row["uplink"], [0, 0, []])
@@ -87,7 +88,9 @@ for r in reports:
             f"| {row['trial']} | {row['what']} | {row['uplink']} | {row['acknowledged']} | {row['detail']} |"
         )
     out.append("")
-missing = [TITLES[n] for n in ORDER if n not in {r["name"] for r in reports}]
+names = {r["name"] for r in reports}
+missing = [TITLES[n] for n in ORDER if n not in names and not (n == "outages_short" or
+                                                                 (n == "outages" and "outages_short" in names))]
 if missing:
     out += ["## Not in this run", ""] + [f"- {m}" for m in missing] + [""]
 os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
