@@ -128,7 +128,10 @@ pub struct Stats {
     pub newest_timestamp_ms: Option<i64>,
     /// Records appended since open.
     pub appended_records: u64,
-    /// Records deleted unread because the log was full, since open.
+    /// Records deleted because the log was full before every consumer had committed past
+    /// them, since open (records all consumers had passed are not counted). A consumer may
+    /// still deliver some of them from a batch it had read before; its reader's
+    /// [`Reader::missed`] is the exact loss.
     pub dropped_records: u64,
     /// Records that failed their CRC and were skipped (by recovery or readers), since open.
     pub corrupt_records: u64,

@@ -561,12 +561,16 @@ impl Log {
                 })
             }
             FullPolicy::DropOldest => {
+                // Only records some consumer has not committed past are lost; the ones every
+                // consumer already passed were delivered (a segment is dropped whole, so it can
+                // hold both). Without consumers every record counts.
+                let read = st.cursors.values().min().copied().unwrap_or(0);
                 let mut dropped = 0;
                 while st.total_bytes + needed > max && st.segments.len() > 1 {
                     let seg = st.segments[0];
                     let next_base = st.segments[1].base;
                     self.delete_segment(st, seg)?;
-                    dropped += next_base - seg.base;
+                    dropped += next_base - read.clamp(seg.base, next_base);
                 }
                 if dropped > 0 {
                     self.shared

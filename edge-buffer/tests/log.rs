@@ -307,3 +307,44 @@ fn stats_report_timestamps_and_sizes() {
     assert_eq!(s.records(), 2);
     assert_eq!(s.acknowledged_offset, 2);
 }
+
+/// Regression (loss campaign, disk-full): a segment dropped whole under `drop_oldest` can hold
+/// records the consumer had already committed past; those were delivered, not dropped, and
+/// `dropped_records` must not count them, or it overstates the loss.
+#[test]
+fn drop_oldest_counts_only_records_a_consumer_had_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_bytes: 64 << 10,
+        full_policy: FullPolicy::DropOldest,
+        ..small(FsyncPolicy::Never)
+    };
+    let log = Log::open(dir.path(), opts).unwrap();
+    let append = |i: u64| {
+        log.append(&[Record::new(0, &payload_for(i, 100))])
+            .unwrap()
+            .wait()
+            .unwrap();
+    };
+    // The consumer is in the middle of the first segment when the log starts to fill.
+    for i in 0..20 {
+        append(i);
+    }
+    log.commit("uplink", 20).unwrap();
+    assert_eq!(log.stats().segments, 1);
+    for i in 20..3000 {
+        append(i);
+    }
+    let s = log.stats();
+    assert!(s.oldest_offset > 20, "{s:?}");
+    assert_eq!(
+        s.dropped_records,
+        s.oldest_offset - 20,
+        "dropped = records the consumer had not reached: {s:?}"
+    );
+    // The consumer's reader agrees: it misses exactly the dropped records.
+    let mut reader = log.reader_for("uplink").unwrap();
+    let b = reader.read_batch(1, 1 << 20).unwrap();
+    assert_eq!(b[0].offset, s.oldest_offset);
+    assert_eq!(reader.missed(), s.dropped_records);
+}

@@ -337,6 +337,9 @@ pub struct GatewayOptions {
     pub http_redirect: bool,
     /// More `[web]` fields: name → TOML value (e.g. `session_idle_timeout_s`).
     pub web_settings: BTreeMap<String, String>,
+    /// `[buffer]` fields: name → TOML value. Default: `max_bytes = "256 MiB"`,
+    /// `segment_bytes = "8 MiB"`; e.g. `dir`, `full_policy`.
+    pub buffer_settings: BTreeMap<String, String>,
     /// Do the first-boot setup and create an admin API token after the first start (default).
     pub auto_setup: bool,
 }
@@ -362,6 +365,10 @@ impl Default for GatewayOptions {
             log_level: "info".into(),
             http_redirect: false,
             web_settings: BTreeMap::new(),
+            buffer_settings: [("max_bytes", "\"256 MiB\""), ("segment_bytes", "\"8 MiB\"")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             auto_setup: true,
         }
     }
@@ -371,6 +378,12 @@ impl GatewayOptions {
     /// Sets (or replaces) one `[kafka]` field; `value` is TOML (`"3000"`, `"\"zstd\""`).
     pub fn kafka_setting(mut self, name: &str, value: &str) -> Self {
         self.kafka_settings.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets (or replaces) one `[buffer]` field; `value` is TOML (`"\"4 MiB\""`).
+    pub fn buffer_setting(mut self, name: &str, value: &str) -> Self {
+        self.buffer_settings.insert(name.into(), value.into());
         self
     }
 }
@@ -453,10 +466,11 @@ impl Gateway {
             toml_str(&o.id),
             toml_str(&self.state_dir().to_string_lossy())
         );
-        let _ = writeln!(
-            t,
-            "[buffer]\nmax_bytes = \"256 MiB\"\nsegment_bytes = \"8 MiB\"\n"
-        );
+        t.push_str("[buffer]\n");
+        for (k, v) in &o.buffer_settings {
+            let _ = writeln!(t, "{k} = {v}");
+        }
+        t.push('\n');
         let _ = writeln!(
             t,
             "[web]\nlisten = \"{}\"\nhttp_listen = \"{}\"\nhttp_redirect = {}",
@@ -953,18 +967,35 @@ impl ProxiedKafka {
         let listen = SocketAddr::from((LOCALHOST, free_port()?));
         let proxy = FaultProxy::start(listen).await?;
         let log = dir.path().join("tansu.log");
-        let log_file = std::fs::File::create(&log)?;
+        let mut k = ProxiedKafka {
+            proxy,
+            child: None,
+            listen,
+            log,
+            _dir: dir,
+        };
+        k.spawn().await?;
+        Ok(k)
+    }
+
+    /// Starts the broker process on `listen` (same storage, log appended) and waits until it
+    /// answers `ApiVersions`.
+    async fn spawn(&mut self) -> Result<()> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let bin = External::Tansu.path();
         // The sqlite path is relative to the working directory (TANSU.md).
         let child = Command::new(&bin)
             .arg("broker")
             .arg("--listener-url")
-            .arg(format!("tcp://{listen}"))
+            .arg(format!("tcp://{}", self.listen))
             .arg("--advertised-listener-url")
-            .arg(format!("tcp://{}", proxy.addr()))
+            .arg(format!("tcp://{}", self.proxy.addr()))
             .arg("--storage-engine")
             .arg("sqlite://tansu.db")
-            .current_dir(dir.path())
+            .current_dir(self._dir.path())
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -973,34 +1004,64 @@ impl ProxiedKafka {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
-        let mut k = ProxiedKafka {
-            proxy,
-            child: Some(child),
-            listen,
-            log,
-            _dir: dir,
-        };
+        self.child = Some(child);
+        let listen = self.listen;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = k.child.as_mut()
+            if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
-                k.child = None;
+                self.child = None;
                 bail!(
                     "tansu exited during start ({status}); log:\n{}",
-                    log_tail(&k.log, 4000)
+                    log_tail(&self.log, 4000)
                 );
             }
             if api_versions(listen).await.is_ok() {
-                return Ok(k);
+                // Without it reading a large topic back through tansu never ends (tansu.rs).
+                return crate::tansu::index_headers(&self._dir.path().join("tansu.db")).await;
             }
             if Instant::now() >= deadline {
                 bail!(
                     "tansu on {listen} not ready; log:\n{}",
-                    log_tail(&k.log, 4000)
+                    log_tail(&self.log, 4000)
                 );
             }
             sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the broker: SIGTERM (SIGKILL after 10 s), or SIGKILL at once with `crash`. Clients
+    /// see connections refused until [`ProxiedKafka::start_again`].
+    pub async fn stop_broker(&mut self, crash: bool) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if !crash {
+            terminate(&child);
+            if let Ok(r) = timeout(Duration::from_secs(10), child.wait()).await {
+                r.context("wait for tansu")?;
+                return Ok(());
+            }
+        }
+        child.kill().await.context("kill tansu")?;
+        Ok(())
+    }
+
+    /// Starts the broker again after [`ProxiedKafka::stop_broker`]: same port, same sqlite
+    /// database, so everything it had acknowledged is still there.
+    pub async fn start_again(&mut self) -> Result<()> {
+        ensure!(self.child.is_none(), "tansu still runs");
+        // The port was ours a moment ago; after a crash it may linger briefly.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("in use") => {
+                    sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
