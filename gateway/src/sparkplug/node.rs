@@ -361,6 +361,11 @@ impl NodeCore {
         self.bdseq
     }
 
+    /// The bdSeq of a session that is connected but not born yet (its will carries it).
+    pub fn set_bdseq(&mut self, bdseq: u64) {
+        self.bdseq = bdseq;
+    }
+
     pub fn devices(&self) -> impl Iterator<Item = &DeviceModel> {
         self.devices.iter().map(|d| &d.model)
     }
@@ -755,11 +760,21 @@ pub struct NodeReport {
     pub upstream: Option<UpstreamReport>,
 }
 
+/// The session on `[sparkplug.upstream]`, for `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamReport {
     pub server: String,
     pub connected: bool,
+    /// Why the last connection ended or failed (cleared on connect).
     pub last_error: Option<String>,
+    /// Successful connections (each one a new session, next bdSeq).
+    pub connects: u64,
+    /// Publishes written to the connection.
+    pub messages_sent: u64,
+    /// Publishes that did not fit the bounded send queue (the session is then reborn).
+    pub dropped_messages: u64,
+    /// Modbus readings that arrived while there was no upstream session.
+    pub dropped_readings: u64,
     pub session: SessionSnapshot,
 }
 
@@ -1054,6 +1069,15 @@ fn correlation(payload: &[u8]) -> Option<String> {
         .and_then(|p| p.uuid)
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Readings available now, after `first` (one batch).
 fn drain(first: Reading, rx: &mut broadcast::Receiver<Reading>) -> (Vec<Reading>, bool) {
     let mut batch = vec![first];
@@ -1251,6 +1275,17 @@ pub async fn run(
 
     let (write_tx, write_rx) = mpsc::channel(COMMAND_QUEUE);
     let writer = tokio::spawn(run_writes(ctx.hub.clone(), ctx.audit.clone(), write_rx));
+    // The upstream session shares the write queue (one poller, one audit). If this task
+    // fails, dropping the guard aborts it: the upstream server then publishes the will.
+    let (upstream_stop, upstream_stop_rx) = tokio::sync::watch::channel(false);
+    let upstream_task = ctx.config.upstream.clone().map(|cfg| {
+        let (c, w) = (ctx.clone(), write_tx.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = upstream::run(c, cfg, w, upstream_stop_rx).await {
+                tracing::error!(error = %e, "Sparkplug upstream session stopped");
+            }
+        }))
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let result: Result<(), NodeError> = async {
         if let Some(r) = first {
@@ -1334,6 +1369,11 @@ pub async fn run(
         Ok(())
     }
     .await;
+    let _ = upstream_stop.send(true);
+    if let Some(mut t) = upstream_task {
+        // Bounded: NDEATH and DISCONNECT take at most a few seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut t.0).await;
+    }
     drop(write_tx);
     // A write in flight gets a moment to finish and be audited.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -1448,3 +1488,4 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests;
+pub mod upstream;
