@@ -24,9 +24,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use super::{
-    AbortOnDrop, CommandOrigin, HostTracker, NodeContext, NodeCore, NodeError, Outgoing,
-    SessionRecord, UpstreamReport, WriteJob, correlation, dispatch, drain, load_session, model,
-    next_bdseq, parse_state, plan_command, rebirth_done, save_session,
+    AbortOnDrop, CommandOrigin, HostTracker, NEXT_SERVER, NodeContext, NodeCore, NodeError,
+    Outgoing, SessionRecord, UpstreamReport, WriteJob, correlation, dispatch, drain,
+    gateway_metrics, load_session, model, next_bdseq, node_control_done, parse_state, plan_command,
+    rebirth_done, reboot, save_session,
 };
 use crate::sparkplug::audit::CommandSource;
 use crate::sparkplug::config::UpstreamConfig;
@@ -194,6 +195,7 @@ impl Session<'_> {
     }
 
     fn births(&mut self, client: &AsyncClient) -> Result<(), NodeError> {
+        self.core.set_gateway(gateway_metrics(self.ctx));
         let hub = self.ctx.hub.clone();
         let bdseq = self.core.bdseq();
         let out = self.core.birth(bdseq, &|d: &str| hub.latest(d));
@@ -350,6 +352,10 @@ impl Session<'_> {
                     return Ok(End::Stop);
                 }
                 _ = tick.tick() => {
+                    let g = gateway_metrics(self.ctx);
+                    if let Some(o) = self.core.node_data(g, super::now_ms()) {
+                        self.publish(&client, vec![o])?;
+                    }
                     if self.devices_changed() && self.core.is_born() {
                         tracing::info!("Modbus devices changed: Sparkplug upstream rebirth");
                         self.births(&client)?;
@@ -421,11 +427,22 @@ impl Session<'_> {
                         restricted: self.ctx.config.commands.restrict_dcmd,
                     };
                     let plan = plan_command(&self.core, message_type, device_id.as_deref(), &payload, &origin);
+                    let (reboot_asked, next_server) = (plan.reboot, plan.next_server);
                     if dispatch(plan, &self.ctx.audit, &self.writes) {
                         if self.core.is_born() {
                             self.births(&client)?;
                         }
-                        rebirth_done(&self.ctx.audit, CommandSource::Upstream, id);
+                        rebirth_done(&self.ctx.audit, CommandSource::Upstream, id.clone());
+                    }
+                    if reboot_asked {
+                        reboot(self.ctx, CommandSource::Upstream, id.clone());
+                    }
+                    if next_server {
+                        // One server configured: the "next" one is a new session on it.
+                        node_control_done(&self.ctx.audit, CommandSource::Upstream, id, NEXT_SERVER, Ok(()));
+                        tracing::info!("{NEXT_SERVER}: ending the upstream session");
+                        self.goodbye(&client, &mut events).await;
+                        return Ok(End::Reconnect);
                     }
                 }
             }
@@ -478,7 +495,8 @@ pub async fn run(
         cfg.client_id.clone()
     };
     let mut s = Session {
-        core: NodeCore::new(&ctx.config.group_id, &ctx.edge_node_id, model(&known)),
+        core: NodeCore::new(&ctx.config.group_id, &ctx.edge_node_id, model(&known))
+            .with_next_server(),
         ctx: &ctx,
         cfg,
         tls,
@@ -534,4 +552,54 @@ pub async fn run(
     // The session record stays "online: true": harmless for upstream (the broker published
     // the will or our NDEATH); the next connection takes the next bdSeq either way.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_server_addresses() {
+        assert_eq!(
+            split_server("broker.plant:8883").ok(),
+            Some(("broker.plant".to_string(), 8883))
+        );
+        assert_eq!(
+            split_server("[::1]:1883").ok(),
+            Some(("::1".to_string(), 1883))
+        );
+        for bad in ["broker", ":1883", "b:0", "b:x", "b:70000"] {
+            assert!(split_server(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_backoff_is_bounded() {
+        let mut d = BACKOFF_MIN;
+        let mut seen = vec![d];
+        for _ in 0..10 {
+            d = next_backoff(d);
+            seen.push(d);
+        }
+        assert_eq!(&seen[..4], [1, 2, 4, 8].map(Duration::from_secs));
+        assert_eq!(*seen.last().unwrap_or(&d), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn upstream_tls_config_names_the_field() {
+        let cfg = UpstreamConfig {
+            server: "127.0.0.1:8883".into(),
+            client_id: String::new(),
+            username: None,
+            password: None,
+            tls: true,
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            keep_alive_s: 30,
+        };
+        let e = tls_config(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("sparkplug.upstream.ca_file"), "{e}");
+    }
 }
