@@ -16,6 +16,22 @@ use crate::uplink::UplinkConfig;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ironbridge/ironbridge.toml";
 
+/// Modbus devices that exist only at run time (the `--demo` machine), registered once at
+/// start before the configuration is loaded, so that validation (of the file, and of edits
+/// through the web API) accepts references to them.
+static RUNTIME_DEVICES: std::sync::OnceLock<Vec<ironbridge_adapters::modbus::DeviceConfig>> =
+    std::sync::OnceLock::new();
+
+/// Registers the run-time devices (first call wins; the process has one set).
+pub fn register_runtime_devices(devices: Vec<ironbridge_adapters::modbus::DeviceConfig>) {
+    let _ = RUNTIME_DEVICES.set(devices);
+}
+
+/// The devices given to [`register_runtime_devices`], if any.
+pub fn runtime_devices() -> &'static [ironbridge_adapters::modbus::DeviceConfig] {
+    RUNTIME_DEVICES.get().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -471,10 +487,14 @@ impl Config {
                 ));
             }
         }
+        // Run-time devices (the `--demo` machine) are not in the file but can be named in
+        // `sparkplug.commands.allow`.
+        let mut modbus = self.modbus.clone();
+        modbus.devices.extend(runtime_devices().iter().cloned());
         issues.extend(crate::sparkplug::node::validate(
             &self.sparkplug,
             &self.gateway_id(),
-            &self.modbus,
+            &modbus,
         ));
         if let Err(modbus) = self.modbus.validate() {
             issues.extend(
@@ -573,5 +593,18 @@ mod tests {
     fn syntax_errors_give_a_line() {
         let e = Config::parse("[buffer]\nmax_bytes = = 3\n", "x.toml").unwrap_err();
         assert_eq!(e.issues[0].line, Some(2));
+    }
+
+    #[test]
+    fn sparkplug_allow_may_name_the_demo_device() {
+        let text = "[sparkplug]\nenabled = true\n[sparkplug.commands]\nallow = [\"sparkplug-allow-demo/*\", \"sparkplug-allow-demo/speed_setpoint\"]\n";
+        // Before the run-time device exists, the name is unknown (as for any typo).
+        assert!(Config::parse(text, "x.toml").is_err());
+        register_runtime_devices(vec![ironbridge_adapters::modbus::sim::demo::device_config(
+            "sparkplug-allow-demo",
+            "127.0.0.1:502",
+        )]);
+        let c = Config::parse(text, "x.toml");
+        assert!(c.is_ok(), "{c:?}");
     }
 }

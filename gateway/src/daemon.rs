@@ -324,7 +324,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
         tls: tls.clone(),
         logs: web::logs::LogRing::global(),
         runtime_devices: runtime_devices.clone(),
-        restart: restart_tx,
+        restart: restart_tx.clone(),
         started: Instant::now(),
     });
 
@@ -508,6 +508,17 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
             state: state.clone(),
             audit: command_audit.clone(),
             status: Arc::new(crate::sparkplug::node::NodeStatus::default()),
+            restart: Some(restart_tx.clone()),
+            gateway_metrics: Some({
+                let status = status.clone();
+                Arc::new(move || {
+                    let u = status.uplink().snapshot();
+                    crate::sparkplug::node::GatewayMetrics {
+                        uplink_online: matches!(u.state, uplink::UplinkState::Connected),
+                        backlog_records: u.lag_records,
+                    }
+                })
+            }),
         };
         status.set_sparkplug_node(ctx.status.clone(), command_audit.clone());
         let stop = stop_rx.clone();

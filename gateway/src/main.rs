@@ -162,6 +162,10 @@ fn main() -> ExitCode {
         }
         None => {
             let (config, path) = if cli.demo {
+                // The demo machine's name may be used in the configuration (command allow-list).
+                ironbridge::config::register_runtime_devices(vec![
+                    ironbridge_adapters::modbus::sim::demo::device_config("demo", "127.0.0.1:502"),
+                ]);
                 match demo_config_file(cli.kafka) {
                     Ok(x) => x,
                     Err(e) => {

@@ -8,6 +8,7 @@
 //! - [`tansu::Tansu`]: the `tansu` Kafka-protocol broker as a child process (memory or SQLite storage).
 //! - [`kafka`]: create topics, produce and consume with the independent Python client (confluent-kafka).
 //! - [`mqtt`]: publish with `mosquitto_pub` or the Python paho-mqtt script; a `mosquitto` reference broker.
+//! - [`sparkplug::Host`]: the independent Sparkplug B host application (paho + Google protobuf).
 //! - [`external`]: where the external tools live, and the "install it / skip it" policy.
 //!
 //! External tools are installed by `tests/scripts/install-deps.sh` (as root). A test that needs a missing
@@ -22,6 +23,7 @@ pub mod net;
 pub mod process;
 pub mod proxy;
 pub mod pymodbus;
+pub mod sparkplug;
 pub mod tansu;
 
 pub use external::{External, require};

@@ -209,25 +209,47 @@ pub struct Received {
 pub struct Mosquitto {
     child: Child,
     addr: SocketAddr,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     /// Starts it on a free port and waits until it accepts connections.
     pub async fn start() -> Result<Mosquitto> {
+        Mosquitto::start_with_tls(None).await
+    }
+
+    /// Also listens with TLS (PEM `(cert, key)`) on a second free port ([`Mosquitto::tls_port`]);
+    /// clients are not asked for certificates.
+    pub async fn start_with_tls(
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Mosquitto> {
         let dir = tempfile::Builder::new()
             .prefix("ironbridge-mosquitto-")
             .tempdir()?;
         let port = free_port()?;
         let addr = SocketAddr::from((LOCALHOST, port));
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
-            ),
-        )?;
+        let mut text = format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\
+             listener {port} 127.0.0.1\n"
+        );
+        let mut tls_port = None;
+        if let Some((cert, key)) = tls {
+            let p = free_port()?;
+            // The key is in our 0700 temp dir: mosquitto started as root would drop to the
+            // `mosquitto` user and fail to read it; `user` is ignored when not root.
+            text.insert_str(0, "user root\n");
+            text.push_str(&format!(
+                "listener {p} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                cert.display(),
+                cert.display(),
+                key.display()
+            ));
+            tls_port = Some(p);
+        }
+        std::fs::write(&conf, text)?;
         let log_path = dir.path().join("mosquitto.log");
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(External::Mosquitto.path())
@@ -239,7 +261,12 @@ impl Mosquitto {
             .kill_on_drop(true)
             .spawn()
             .context("spawn mosquitto")?;
-        let mut m = Mosquitto { child, addr, dir };
+        let mut m = Mosquitto {
+            child,
+            addr,
+            tls_port,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = m.child.try_wait()? {
@@ -264,6 +291,16 @@ impl Mosquitto {
     /// Its port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The TLS listener's port, if started with one.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// Stops it (SIGKILL) and waits for the exit.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("kill mosquitto")
     }
 
     fn sub(&self, client_id: &str, filter: &str) -> Command {

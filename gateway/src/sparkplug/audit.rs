@@ -34,8 +34,10 @@ const PENDING_CAPACITY: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandSource {
-    /// A DCMD/NCMD published on the embedded broker (or the upstream server) by an MQTT client.
+    /// A DCMD/NCMD published on the embedded broker by an MQTT client.
     Mqtt,
+    /// A DCMD/NCMD received from the upstream MQTT server (`[sparkplug.upstream]`).
+    Upstream,
     /// A record of the Kafka command topic.
     Kafka,
 }
@@ -109,6 +111,7 @@ pub struct AuditCounters {
     pub failed: u64,
     pub from_mqtt: u64,
     pub from_kafka: u64,
+    pub from_upstream: u64,
 }
 
 /// Recent command results, counters and a live feed. Share it as `Arc<CommandAudit>`.
@@ -122,6 +125,7 @@ pub struct CommandAudit {
     failed: AtomicU64,
     from_mqtt: AtomicU64,
     from_kafka: AtomicU64,
+    from_upstream: AtomicU64,
     tx: broadcast::Sender<CommandRecord>,
 }
 
@@ -155,6 +159,7 @@ impl CommandAudit {
             failed: AtomicU64::new(0),
             from_mqtt: AtomicU64::new(0),
             from_kafka: AtomicU64::new(0),
+            from_upstream: AtomicU64::new(0),
             tx: broadcast::channel(BROADCAST_CAPACITY).0,
         }
     }
@@ -208,6 +213,7 @@ impl CommandAudit {
         match rec.source {
             CommandSource::Mqtt => &self.from_mqtt,
             CommandSource::Kafka => &self.from_kafka,
+            CommandSource::Upstream => &self.from_upstream,
         }
         .fetch_add(1, Ordering::Relaxed);
         let device = rec.device.as_deref().unwrap_or("");
@@ -252,6 +258,7 @@ impl CommandAudit {
             failed,
             from_mqtt: self.from_mqtt.load(Ordering::Relaxed),
             from_kafka: self.from_kafka.load(Ordering::Relaxed),
+            from_upstream: self.from_upstream.load(Ordering::Relaxed),
         }
     }
 
@@ -298,7 +305,8 @@ mod tests {
                 rejected: 1,
                 failed: 1,
                 from_mqtt: 2,
-                from_kafka: 1
+                from_kafka: 1,
+                from_upstream: 0
             }
         );
         assert_eq!(rx.try_recv().expect("first").outcome, Outcome::Ok);

@@ -34,6 +34,16 @@ use crate::state::{StateError, StateStore};
 
 /// Name of the node control metric that asks for a rebirth (Sparkplug 3.0).
 pub const REBIRTH: &str = "Node Control/Rebirth";
+/// Node controls besides Rebirth (Sparkplug 3.0 names).
+pub const NEXT_SERVER: &str = "Node Control/Next Server";
+pub const REBOOT: &str = "Node Control/Reboot";
+pub const SCAN_RATE: &str = "Node Control/Scan Rate";
+/// Node metrics published by exception (NDATA).
+pub const UPLINK_ONLINE: &str = "Gateway/Uplink Online";
+pub const BACKLOG_RECORDS: &str = "Gateway/Backlog Records";
+pub const DEVICES_ONLINE: &str = "Gateway/Modbus Devices Online";
+/// `Gateway/Backlog Records` changes with every message: at most one NDATA with it per this.
+pub const BACKLOG_INTERVAL_MS: u64 = 5_000;
 /// Name of the birth/death sequence metric.
 pub const BDSEQ: &str = "bdSeq";
 /// OPC-style quality codes carried in the `Quality` property (Ignition's convention).
@@ -225,6 +235,8 @@ pub struct TagModel {
 pub struct DeviceModel {
     pub name: String,
     pub tags: Vec<TagModel>,
+    /// The shortest poll interval of the device's groups (ms).
+    pub scan_rate_ms: Option<i64>,
 }
 
 impl DeviceModel {
@@ -245,6 +257,7 @@ pub fn model(devices: &[Arc<Device>]) -> Vec<DeviceModel> {
         .filter(|d| d.enabled)
         .map(|d| DeviceModel {
             name: d.name.clone(),
+            scan_rate_ms: d.groups.iter().map(|g| g.interval.as_millis() as i64).min(),
             tags: d
                 .tags
                 .iter()
@@ -306,6 +319,22 @@ pub struct SessionSnapshot {
     pub data_messages: u64,
     pub device_deaths: u64,
     pub primary_host_online: Option<bool>,
+    pub node_data_messages: u64,
+}
+
+/// Gateway values published as node metrics (NBIRTH, then NDATA by exception).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayMetrics {
+    pub uplink_online: bool,
+    pub backlog_records: u64,
+}
+
+/// The node metric values last published, and when the backlog was.
+#[derive(Debug, Clone, Copy, Default)]
+struct NodePublished {
+    gateway: GatewayMetrics,
+    devices_online: u32,
+    backlog_at_ms: u64,
 }
 
 /// The state machine of one Sparkplug session of the edge node (see the module docs).
@@ -319,6 +348,11 @@ pub struct NodeCore {
     next_seq: u64,
     born: bool,
     stats: SessionSnapshot,
+    /// Latest gateway values, and what the last NBIRTH/NDATA published.
+    gateway: GatewayMetrics,
+    node_published: NodePublished,
+    /// Whether this session offers `Node Control/Next Server` (the upstream one does).
+    next_server: bool,
 }
 
 impl NodeCore {
@@ -338,7 +372,86 @@ impl NodeCore {
             next_seq: 0,
             born: false,
             stats: SessionSnapshot::default(),
+            gateway: GatewayMetrics::default(),
+            node_published: NodePublished::default(),
+            next_server: false,
         }
+    }
+
+    /// The latest gateway values (for the next NBIRTH), without publishing anything.
+    pub fn set_gateway(&mut self, gateway: GatewayMetrics) {
+        self.gateway = gateway;
+    }
+
+    /// Offers `Node Control/Next Server` in the NBIRTH and accepts it in NCMDs.
+    pub fn with_next_server(mut self) -> NodeCore {
+        self.next_server = true;
+        self
+    }
+
+    pub fn supports_next_server(&self) -> bool {
+        self.next_server
+    }
+
+    /// The shortest poll interval of the node's devices (ms), as `Node Control/Scan Rate`.
+    pub fn scan_rate_ms(&self) -> i64 {
+        self.devices
+            .iter()
+            .filter_map(|d| d.model.scan_rate_ms)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn devices_online(&self) -> u32 {
+        self.devices.iter().filter(|d| d.born).count() as u32
+    }
+
+    /// Takes the latest gateway values: an NDATA with the node metrics that changed since the
+    /// last NBIRTH/NDATA (the backlog at most every [`BACKLOG_INTERVAL_MS`]); `now` in ms.
+    pub fn node_data(&mut self, gateway: GatewayMetrics, now: u64) -> Option<Outgoing> {
+        self.gateway = gateway;
+        if !self.born {
+            return None;
+        }
+        let mut metrics = Vec::new();
+        let p = self.node_published;
+        if gateway.uplink_online != p.gateway.uplink_online {
+            metrics.push(
+                Metric::new(UPLINK_ONLINE, MetricValue::Boolean(gateway.uplink_online))
+                    .with_timestamp(now),
+            );
+            self.node_published.gateway.uplink_online = gateway.uplink_online;
+        }
+        let online = self.devices_online();
+        if online != p.devices_online {
+            metrics
+                .push(Metric::new(DEVICES_ONLINE, MetricValue::UInt32(online)).with_timestamp(now));
+            self.node_published.devices_online = online;
+        }
+        if gateway.backlog_records != p.gateway.backlog_records
+            && now >= p.backlog_at_ms.saturating_add(BACKLOG_INTERVAL_MS)
+        {
+            metrics.push(
+                Metric::new(
+                    BACKLOG_RECORDS,
+                    MetricValue::UInt64(gateway.backlog_records),
+                )
+                .with_timestamp(now),
+            );
+            self.node_published.gateway.backlog_records = gateway.backlog_records;
+            self.node_published.backlog_at_ms = now;
+        }
+        if metrics.is_empty() {
+            return None;
+        }
+        self.stats.node_data_messages += 1;
+        let mut payload = Payload::new(now, Some(self.take_seq()));
+        payload.metrics = metrics;
+        Some(Outgoing {
+            message_type: MessageType::NData,
+            topic: self.node_topic(MessageType::NData),
+            payload,
+        })
     }
 
     /// Takes a new device list (the Modbus configuration changed); the caller rebirths.
@@ -359,6 +472,11 @@ impl NodeCore {
 
     pub fn bdseq(&self) -> u64 {
         self.bdseq
+    }
+
+    /// The bdSeq of a session that is connected but not born yet (its will carries it).
+    pub fn set_bdseq(&mut self, bdseq: u64) {
+        self.bdseq = bdseq;
     }
 
     pub fn devices(&self) -> impl Iterator<Item = &DeviceModel> {
@@ -435,7 +553,34 @@ impl NodeCore {
                     MetricValue::UInt32(self.devices.len() as u32),
                 )
                 .with_timestamp(now),
+            )
+            .with_metric(Metric::new(REBOOT, MetricValue::Boolean(false)).with_timestamp(now))
+            .with_metric(
+                // Read-only: the poll intervals are configuration (see plan_command).
+                Metric::new(SCAN_RATE, MetricValue::Int64(self.scan_rate_ms()))
+                    .with_timestamp(now)
+                    .with_property("readOnly", PropertyValue::boolean(true)),
+            )
+            .with_metric(
+                Metric::new(
+                    UPLINK_ONLINE,
+                    MetricValue::Boolean(self.gateway.uplink_online),
+                )
+                .with_timestamp(now),
+            )
+            .with_metric(
+                Metric::new(
+                    BACKLOG_RECORDS,
+                    MetricValue::UInt64(self.gateway.backlog_records),
+                )
+                .with_timestamp(now),
             );
+        let mut nbirth = nbirth;
+        if self.next_server {
+            nbirth = nbirth.with_metric(
+                Metric::new(NEXT_SERVER, MetricValue::Boolean(false)).with_timestamp(now),
+            );
+        }
         let mut out = vec![Outgoing {
             message_type: MessageType::NBirth,
             topic: self.node_topic(MessageType::NBirth),
@@ -450,6 +595,16 @@ impl NodeCore {
                 out.push(self.dbirth(i, &readings));
             }
         }
+        let online = self.devices_online();
+        out[0]
+            .payload
+            .metrics
+            .push(Metric::new(DEVICES_ONLINE, MetricValue::UInt32(online)).with_timestamp(now));
+        self.node_published = NodePublished {
+            gateway: self.gateway,
+            devices_online: online,
+            backlog_at_ms: now,
+        };
         out
     }
 
@@ -739,6 +894,10 @@ pub struct NodeContext {
     pub state: StateStore,
     pub audit: Arc<CommandAudit>,
     pub status: Arc<NodeStatus>,
+    /// The daemon's orderly restart (`Node Control/Reboot`); `None` refuses it.
+    pub restart: Option<tokio::sync::watch::Sender<bool>>,
+    /// Gateway values for the node metrics (uplink online, backlog); `None`: defaults.
+    pub gateway_metrics: Option<Arc<dyn Fn() -> GatewayMetrics + Send + Sync>>,
 }
 
 /// The edge node's state for `/api/status`.
@@ -755,11 +914,21 @@ pub struct NodeReport {
     pub upstream: Option<UpstreamReport>,
 }
 
+/// The session on `[sparkplug.upstream]`, for `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamReport {
     pub server: String,
     pub connected: bool,
+    /// Why the last connection ended or failed (cleared on connect).
     pub last_error: Option<String>,
+    /// Successful connections (each one a new session, next bdSeq).
+    pub connects: u64,
+    /// Publishes written to the connection.
+    pub messages_sent: u64,
+    /// Publishes that did not fit the bounded send queue (the session is then reborn).
+    pub dropped_messages: u64,
+    /// Modbus readings that arrived while there was no upstream session.
+    pub dropped_readings: u64,
     pub session: SessionSnapshot,
 }
 
@@ -809,6 +978,10 @@ pub struct WriteJob {
 #[derive(Debug, Default)]
 pub struct CommandPlan {
     pub rebirth: bool,
+    /// `Node Control/Next Server` (upstream session only).
+    pub next_server: bool,
+    /// `Node Control/Reboot`: restart the gateway.
+    pub reboot: bool,
     pub writes: Vec<WriteJob>,
     pub rejected: Vec<CommandResult>,
 }
@@ -879,22 +1052,43 @@ pub fn plan_command(
             .unwrap_or_default();
         match (message_type, device) {
             (MessageType::NCmd, _) => {
-                if m.name.as_deref() == Some(REBIRTH) {
-                    if m.value == Some(MetricValue::Boolean(true)) {
-                        plan.rebirth = true;
-                    } else {
+                let name = m.name.as_deref().unwrap_or_default();
+                let flag = match name {
+                    REBIRTH => Some(&mut plan.rebirth),
+                    REBOOT => Some(&mut plan.reboot),
+                    NEXT_SERVER if core.supports_next_server() => Some(&mut plan.next_server),
+                    NEXT_SERVER => {
                         plan.rejected.push(reject(
                             &label,
                             json,
-                            format!("{REBIRTH} must be the Boolean true"),
+                            format!("{NEXT_SERVER} applies to the upstream server's session only (the embedded broker is the only server here)"),
                         ));
+                        continue;
                     }
-                } else {
-                    plan.rejected.push(reject(
+                    SCAN_RATE => {
+                        plan.rejected.push(reject(
+                            &label,
+                            json,
+                            format!("{SCAN_RATE} is read-only: poll intervals are set per device (modbus.devices poll_interval_ms, poll groups)"),
+                        ));
+                        continue;
+                    }
+                    _ => {
+                        plan.rejected.push(reject(
+                            &label,
+                            json,
+                            format!("unknown node metric (supported: {REBIRTH}, {REBOOT}, {NEXT_SERVER} upstream)"),
+                        ));
+                        continue;
+                    }
+                };
+                match (flag, &m.value) {
+                    (Some(f), Some(MetricValue::Boolean(true))) => *f = true,
+                    _ => plan.rejected.push(reject(
                         &label,
                         json,
-                        "unknown node metric (only Node Control/Rebirth is supported)".into(),
-                    ));
+                        format!("{name} must be the Boolean true"),
+                    )),
                 }
             }
             (MessageType::DCmd, Some(dev)) => {
@@ -1035,16 +1229,58 @@ pub fn dispatch(plan: CommandPlan, audit: &CommandAudit, writes: &mpsc::Sender<W
 }
 
 pub fn rebirth_done(audit: &CommandAudit, source: CommandSource, correlation_id: Option<String>) {
+    node_control_done(audit, source, correlation_id, REBIRTH, Ok(()));
+}
+
+/// Records the result of a node control (`metric` = true) executed by the caller.
+pub fn node_control_done(
+    audit: &CommandAudit,
+    source: CommandSource,
+    correlation_id: Option<String>,
+    metric: &str,
+    result: Result<(), String>,
+) {
+    let (outcome, reason) = match result {
+        Ok(()) => (Outcome::Ok, None),
+        Err(e) => (Outcome::Failed, Some(e)),
+    };
     audit.record(CommandResult {
         source,
         correlation_id,
         kind: "NCMD".into(),
         device: None,
-        metric: REBIRTH.into(),
+        metric: metric.into(),
         value: serde_json::Value::Bool(true),
-        outcome: Outcome::Ok,
-        reason: None,
+        outcome,
+        reason,
     });
+}
+
+/// `Node Control/Reboot`: the orderly restart of `POST /api/system/restart` (audited first,
+/// so the result is in the log before the daemon goes down).
+pub fn reboot(ctx: &NodeContext, source: CommandSource, correlation_id: Option<String>) {
+    match &ctx.restart {
+        Some(tx) if tx.receiver_count() > 0 => {
+            node_control_done(&ctx.audit, source, correlation_id, REBOOT, Ok(()));
+            tracing::warn!(?source, "restart requested by Sparkplug {REBOOT}");
+            let _ = tx.send(true);
+        }
+        _ => node_control_done(
+            &ctx.audit,
+            source,
+            correlation_id,
+            REBOOT,
+            Err("no restart path in this process".into()),
+        ),
+    }
+}
+
+/// The gateway values for the node metrics now.
+pub fn gateway_metrics(ctx: &NodeContext) -> GatewayMetrics {
+    ctx.gateway_metrics
+        .as_ref()
+        .map(|f| f())
+        .unwrap_or_default()
 }
 
 /// The correlation id of a command (its payload's `uuid`), without decoding twice on error.
@@ -1052,6 +1288,15 @@ fn correlation(payload: &[u8]) -> Option<String> {
     decode_payload(payload, &Limits::default())
         .ok()
         .and_then(|p| p.uuid)
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Readings available now, after `first` (one batch).
@@ -1130,6 +1375,14 @@ impl Embedded<'_> {
         *known = now;
         self.core.replace_devices(model(known));
         self.rebirth().await
+    }
+
+    async fn node_data(&mut self) -> Result<(), NodeError> {
+        let g = gateway_metrics(self.ctx);
+        match self.core.node_data(g, now_ms()) {
+            Some(o) => self.publish(vec![o]).await,
+            None => Ok(()),
+        }
     }
 
     async fn on_readings(&mut self, batch: &[Reading]) -> Result<(), NodeError> {
@@ -1220,6 +1473,7 @@ pub async fn run(
         core: NodeCore::new(&group, &node_id, model(&known)),
         client_id: format!("sparkplug:{node_id}"),
     };
+    node.core.set_gateway(gateway_metrics(&ctx));
 
     // The emulated will: the previous run ended without its NDEATH.
     if let Some(prev) = load_session(&ctx.state, "embedded").await?
@@ -1251,6 +1505,17 @@ pub async fn run(
 
     let (write_tx, write_rx) = mpsc::channel(COMMAND_QUEUE);
     let writer = tokio::spawn(run_writes(ctx.hub.clone(), ctx.audit.clone(), write_rx));
+    // The upstream session shares the write queue (one poller, one audit). If this task
+    // fails, dropping the guard aborts it: the upstream server then publishes the will.
+    let (upstream_stop, upstream_stop_rx) = tokio::sync::watch::channel(false);
+    let upstream_task = ctx.config.upstream.clone().map(|cfg| {
+        let (c, w) = (ctx.clone(), write_tx.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = upstream::run(c, cfg, w, upstream_stop_rx).await {
+                tracing::error!(error = %e, "Sparkplug upstream session stopped");
+            }
+        }))
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let result: Result<(), NodeError> = async {
         if let Some(r) = first {
@@ -1260,7 +1525,10 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = tick.tick() => node.check_devices(&mut known).await?,
+                _ = tick.tick() => {
+                    node.check_devices(&mut known).await?;
+                    node.node_data().await?;
+                }
                 r = readings.recv() => {
                     match r {
                         Ok(first) => {
@@ -1324,9 +1592,13 @@ pub async fn run(
                         &m.payload,
                         &origin,
                     );
+                    let reboot_asked = plan.reboot;
                     if dispatch(plan, &ctx.audit, &write_tx) {
                         node.rebirth().await?;
-                        rebirth_done(&ctx.audit, source, id);
+                        rebirth_done(&ctx.audit, source, id.clone());
+                    }
+                    if reboot_asked {
+                        reboot(&ctx, source, id);
                     }
                 }
             }
@@ -1334,6 +1606,11 @@ pub async fn run(
         Ok(())
     }
     .await;
+    let _ = upstream_stop.send(true);
+    if let Some(mut t) = upstream_task {
+        // Bounded: NDEATH and DISCONNECT take at most a few seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut t.0).await;
+    }
     drop(write_tx);
     // A write in flight gets a moment to finish and be audited.
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
@@ -1448,3 +1725,4 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests;
+pub mod upstream;

@@ -30,7 +30,7 @@ mod producer;
 pub mod route;
 pub mod sparkplug;
 pub mod status;
-mod tls;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -26,13 +26,22 @@ fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, 
 
 /// Builds the rustls client config from `[kafka.tls]`. Errors name the field.
 pub fn client_config(cfg: &TlsConfig) -> Result<Arc<ClientConfig>, ConfigError> {
+    client_config_for(cfg, "kafka.tls")
+}
+
+/// Builds a rustls client config (ring provider) from TLS settings found in the table
+/// `section` (e.g. `sparkplug.upstream`), which errors name.
+pub fn client_config_for(cfg: &TlsConfig, section: &str) -> Result<Arc<ClientConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     match &cfg.ca_file {
         Some(path) => {
-            for cert in read_certs(path, "kafka.tls.ca_file")? {
+            for cert in read_certs(path, &format!("{section}.ca_file"))? {
                 roots.add(cert).map_err(|e| {
-                    ConfigError::new("kafka.tls.ca_file", format!("{}: {e}", path.display()))
+                    ConfigError::new(
+                        format!("{section}.ca_file"),
+                        format!("{}: {e}", path.display()),
+                    )
                 })?;
             }
         }
@@ -41,7 +50,7 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Arc<ClientConfig>, ConfigError> 
             let (added, _ignored) = roots.add_parsable_certificates(native.certs);
             if added == 0 {
                 return Err(ConfigError::new(
-                    "kafka.tls.ca_file",
+                    format!("{section}.ca_file"),
                     "no CA file given and the system trust store holds no usable certificate",
                 ));
             }
@@ -50,34 +59,38 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Arc<ClientConfig>, ConfigError> 
     let webpki =
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
             .build()
-            .map_err(|e| ConfigError::new("kafka.tls.ca_file", e.to_string()))?;
+            .map_err(|e| ConfigError::new(format!("{section}.ca_file"), e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = match &cfg.server_name {
         Some(name) => Arc::new(FixedName {
             inner: webpki,
-            name: ServerName::try_from(name.clone())
-                .map_err(|e| ConfigError::new("kafka.tls.server_name", format!("{name:?}: {e}")))?,
+            name: ServerName::try_from(name.clone()).map_err(|e| {
+                ConfigError::new(format!("{section}.server_name"), format!("{name:?}: {e}"))
+            })?,
         }),
         None => webpki,
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("kafka.tls", e.to_string()))?
+        .map_err(|e| ConfigError::new(section, e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "kafka.tls.cert_file")?;
+            let chain = read_certs(cert, &format!("{section}.cert_file"))?;
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                ConfigError::new("kafka.tls.key_file", format!("{}: {e}", key.display()))
+                ConfigError::new(
+                    format!("{section}.key_file"),
+                    format!("{}: {e}", key.display()),
+                )
             })?;
             builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| ConfigError::new("kafka.tls.key_file", e.to_string()))?
+                .map_err(|e| ConfigError::new(format!("{section}.key_file"), e.to_string()))?
         }
         (None, None) => builder.with_no_client_auth(),
         _ => {
             return Err(ConfigError::new(
-                "kafka.tls.key_file",
+                format!("{section}.key_file"),
                 "cert_file and key_file must be given together",
             ));
         }

@@ -429,12 +429,148 @@ fn ncmd_rebirth() {
     let payload = dcmd(vec![Metric::new(REBIRTH, MetricValue::Boolean(true))]);
     let p = plan_command(&c, MessageType::NCmd, None, &payload, &MQTT);
     assert!(p.rebirth && p.rejected.is_empty());
-    let payload = dcmd(vec![Metric::new(
-        "Node Control/Reboot",
-        MetricValue::Boolean(true),
-    )]);
+    let payload = dcmd(vec![Metric::new(REBIRTH, MetricValue::Boolean(false))]);
     let p = plan_command(&c, MessageType::NCmd, None, &payload, &MQTT);
     assert!(!p.rebirth && p.rejected.len() == 1);
+}
+
+fn ncmd(c: &NodeCore, name: &str, v: MetricValue) -> CommandPlan {
+    plan_command(
+        c,
+        MessageType::NCmd,
+        None,
+        &dcmd(vec![Metric::new(name, v)]),
+        &MQTT,
+    )
+}
+
+#[test]
+fn node_controls_reboot_next_server_scan_rate() {
+    let embedded = core();
+    let p = ncmd(&embedded, REBOOT, MetricValue::Boolean(true));
+    assert!(p.reboot && !p.rebirth && p.rejected.is_empty());
+    let p = ncmd(&embedded, REBOOT, MetricValue::Boolean(false));
+    assert!(!p.reboot && p.rejected.len() == 1);
+    // Next Server: only where the session offers it (upstream).
+    let p = ncmd(&embedded, NEXT_SERVER, MetricValue::Boolean(true));
+    assert!(!p.next_server && p.rejected.len() == 1);
+    let reason = p.rejected[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("upstream"), "{reason}");
+    let upstream = core().with_next_server();
+    let p = ncmd(&upstream, NEXT_SERVER, MetricValue::Boolean(true));
+    assert!(p.next_server && p.rejected.is_empty());
+    // Scan Rate is read-only: a write is rejected with the reason.
+    let p = ncmd(&upstream, SCAN_RATE, MetricValue::Int64(500));
+    assert_eq!(p.rejected.len(), 1);
+    let reason = p.rejected[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("read-only"), "{reason}");
+    let p = ncmd(
+        &upstream,
+        "Node Control/Self Destruct",
+        MetricValue::Boolean(true),
+    );
+    assert_eq!(p.rejected.len(), 1);
+}
+
+#[test]
+fn nbirth_declares_node_metrics_and_controls() {
+    let mut c = core();
+    c.set_gateway(GatewayMetrics {
+        uplink_online: true,
+        backlog_records: 12,
+    });
+    let out = c.birth(0, &none);
+    let nb = &out[0].payload;
+    for (name, dt) in [
+        (REBIRTH, DataType::Boolean),
+        (REBOOT, DataType::Boolean),
+        (SCAN_RATE, DataType::Int64),
+        (UPLINK_ONLINE, DataType::Boolean),
+        (BACKLOG_RECORDS, DataType::UInt64),
+        (DEVICES_ONLINE, DataType::UInt32),
+    ] {
+        assert_eq!(metric(nb, name).datatype, Some(dt), "{name}");
+    }
+    assert_eq!(
+        metric(nb, UPLINK_ONLINE).value,
+        Some(MetricValue::Boolean(true))
+    );
+    assert_eq!(
+        metric(nb, BACKLOG_RECORDS).value,
+        Some(MetricValue::UInt64(12))
+    );
+    // The devices' default poll interval (1 s) as the scan rate.
+    assert!(matches!(metric(nb, SCAN_RATE).value, Some(MetricValue::Int64(x)) if x > 0));
+    assert!(
+        nb.metrics
+            .iter()
+            .all(|m| m.name.as_deref() != Some(NEXT_SERVER))
+    );
+    let mut u = core().with_next_server();
+    let out = u.birth(0, &none);
+    assert_eq!(
+        metric(&out[0].payload, NEXT_SERVER).value,
+        Some(MetricValue::Boolean(false))
+    );
+}
+
+#[test]
+fn ndata_by_exception_with_backlog_rate_limit() {
+    let mut c = core();
+    let g0 = GatewayMetrics {
+        uplink_online: false,
+        backlog_records: 0,
+    };
+    assert!(c.node_data(g0, 1).is_none(), "nothing before the birth");
+    c.birth(0, &none);
+    let t = now_ms();
+    assert!(c.node_data(g0, t).is_none(), "unchanged: no NDATA");
+    // Uplink online: at once.
+    let g1 = GatewayMetrics {
+        uplink_online: true,
+        ..g0
+    };
+    let nd = c.node_data(g1, t + 10).expect("NDATA");
+    assert_eq!(nd.topic, "spBv1.0/plant/NDATA/gw1");
+    assert_eq!(nd.payload.seq, Some(1), "NDATA counts in the node's seq");
+    assert_eq!(nd.payload.metrics.len(), 1);
+    assert_eq!(
+        metric(&nd.payload, UPLINK_ONLINE).value,
+        Some(MetricValue::Boolean(true))
+    );
+    // Backlog: at most one NDATA per BACKLOG_INTERVAL_MS.
+    let g2 = GatewayMetrics {
+        backlog_records: 100,
+        ..g1
+    };
+    assert!(
+        c.node_data(g2, t + 20).is_none(),
+        "too soon after the birth"
+    );
+    let nd = c
+        .node_data(g2, t + BACKLOG_INTERVAL_MS + 1)
+        .expect("backlog NDATA");
+    assert_eq!(
+        metric(&nd.payload, BACKLOG_RECORDS).value,
+        Some(MetricValue::UInt64(100))
+    );
+    let g3 = GatewayMetrics {
+        backlog_records: 200,
+        ..g2
+    };
+    assert!(c.node_data(g3, t + BACKLOG_INTERVAL_MS + 100).is_none());
+    assert!(c.node_data(g3, t + 2 * BACKLOG_INTERVAL_MS + 2).is_some());
+    // Devices online follows the device births.
+    let out = c.readings(&[good("pump", "running", Value::Bool(true), 1)], &none);
+    assert_eq!(out.len(), 1, "DBIRTH");
+    let nd = c
+        .node_data(g3, t + 2 * BACKLOG_INTERVAL_MS + 3)
+        .expect("devices online NDATA");
+    assert_eq!(
+        metric(&nd.payload, DEVICES_ONLINE).value,
+        Some(MetricValue::UInt32(1))
+    );
+    assert_eq!(c.snapshot().node_data_messages, 4);
 }
 
 #[test]

@@ -1,0 +1,605 @@
+//! The edge node's session on an upstream MQTT server (`[sparkplug.upstream]`), beside the
+//! one on the embedded broker: its own [`NodeCore`] (own `seq`, own `bdSeq` persisted under
+//! the key `upstream`), and a real MQTT will.
+//!
+//! Every connection is a new Sparkplug session (Sparkplug 3.0, clean session): the next bdSeq
+//! is persisted, the NDEATH carrying it is the CONNECT's will (QoS 1, not retained), and after
+//! the CONNACK the node subscribes to its NCMD/DCMD (and the primary host's STATE) and
+//! publishes its births. Losing the connection ends the session; the next one, after a bounded
+//! exponential backoff, takes the next bdSeq and starts with births again. While there is no
+//! session, readings are dropped for this server (counted) — the spec's model: a host learns
+//! the current values from the next births. Publishes go through rumqttc's bounded request
+//! queue; a publish that does not fit is dropped (counted) and the session reborn, since the
+//! host would see a `seq` gap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ironbridge_adapters::modbus::{Device, Reading};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use super::{
+    AbortOnDrop, CommandOrigin, HostTracker, NEXT_SERVER, NodeContext, NodeCore, NodeError,
+    Outgoing, SessionRecord, UpstreamReport, WriteJob, correlation, dispatch, drain,
+    gateway_metrics, load_session, model, next_bdseq, node_control_done, parse_state, plan_command,
+    rebirth_done, reboot, save_session,
+};
+use crate::sparkplug::audit::CommandSource;
+use crate::sparkplug::config::UpstreamConfig;
+use crate::sparkplug::topic::{MessageType, Topic};
+use crate::uplink::TlsConfig;
+
+/// Sled key of the upstream session's record in [`super::STATE_TREE`].
+pub const SESSION_KEY: &str = "upstream";
+/// rumqttc's request queue (publishes waiting for the socket).
+const REQUEST_QUEUE: usize = 256;
+/// Events from the connection task waiting for the session loop.
+const EVENT_QUEUE: usize = 64;
+/// Largest MQTT packet sent or accepted (a DBIRTH of a big device is a few tens of kB).
+const MAX_PACKET: usize = 1024 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+/// How long a graceful end waits for the NDEATH's PUBACK and the DISCONNECT to be written.
+const GOODBYE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::uplink::ConfigError),
+    #[error("{0:?} is not host:port")]
+    Server(String),
+}
+
+/// What the connection task reports.
+#[derive(Debug)]
+enum ConnEvent {
+    ConnAck,
+    Publish {
+        topic: String,
+        payload: bytes::Bytes,
+    },
+    PubAck,
+    /// The connection ended (error text, or "disconnected" after our DISCONNECT).
+    Closed(String),
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq)]
+enum End {
+    Stop,
+    /// Ended on purpose (primary host offline, Next Server): reconnect without backoff.
+    Reconnect,
+    /// Connection lost or refused.
+    Lost(String),
+}
+
+/// `host:port` (IPv6 hosts in brackets).
+pub fn split_server(server: &str) -> Result<(String, u16), UpstreamError> {
+    let (h, p) = server
+        .rsplit_once(':')
+        .ok_or_else(|| UpstreamError::Server(server.into()))?;
+    let port = p
+        .parse::<u16>()
+        .map_err(|_| UpstreamError::Server(server.into()))?;
+    let host = h.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(UpstreamError::Server(server.into()));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// The rustls configuration for the upstream server (ring; `ca_file` or the system roots).
+pub fn tls_config(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+    let tls = TlsConfig {
+        enabled: true,
+        ca_file: cfg.ca_file.clone(),
+        ..TlsConfig::default()
+    };
+    Ok(crate::uplink::tls::client_config_for(
+        &tls,
+        "sparkplug.upstream",
+    )?)
+}
+
+/// The next backoff after `d`: doubled, at most [`BACKOFF_MAX`].
+pub fn next_backoff(d: Duration) -> Duration {
+    (d * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
+/// Drives the connection: forwards what the session needs, counts publishes written.
+async fn connection(mut el: rumqttc::EventLoop, tx: mpsc::Sender<ConnEvent>, sent: Arc<AtomicU64>) {
+    loop {
+        let ev = match el.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => ConnEvent::ConnAck,
+            Ok(Event::Incoming(Packet::Publish(p))) => ConnEvent::Publish {
+                topic: p.topic,
+                payload: p.payload,
+            },
+            Ok(Event::Incoming(Packet::PubAck(_))) => ConnEvent::PubAck,
+            Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => {
+                sent.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                let _ = tx.send(ConnEvent::Closed("disconnected".into())).await;
+                return;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(ConnEvent::Closed(e.to_string())).await;
+                return;
+            }
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Session<'a> {
+    ctx: &'a NodeContext,
+    cfg: UpstreamConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    host: String,
+    port: u16,
+    client_id: String,
+    core: NodeCore,
+    known: Vec<Arc<Device>>,
+    readings: broadcast::Receiver<Reading>,
+    writes: mpsc::Sender<WriteJob>,
+    report: UpstreamReport,
+    sent: Arc<AtomicU64>,
+    /// A publish was dropped in this session: rebirth when the queue has room.
+    rebirth_due: bool,
+}
+
+impl Session<'_> {
+    fn update_status(&mut self) {
+        self.report.session = self.core.snapshot();
+        self.report.messages_sent = self.sent.load(Ordering::Relaxed);
+        let r = self.report.clone();
+        self.ctx.status.update(|s| s.upstream = Some(r));
+    }
+
+    fn set_disconnected(&mut self, reason: Option<String>) {
+        self.report.connected = false;
+        if reason.is_some() {
+            self.report.last_error = reason;
+        }
+        self.update_status();
+    }
+
+    /// Queues messages; what does not fit is dropped and counted, and a rebirth scheduled.
+    fn publish(&mut self, client: &AsyncClient, out: Vec<Outgoing>) -> Result<(), NodeError> {
+        for o in out {
+            let payload = o.encode()?;
+            let qos = if o.message_type == MessageType::NDeath {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            if client.try_publish(o.topic, qos, false, payload).is_err() {
+                self.report.dropped_messages += 1;
+                self.rebirth_due = true;
+            }
+        }
+        self.update_status();
+        Ok(())
+    }
+
+    fn births(&mut self, client: &AsyncClient) -> Result<(), NodeError> {
+        self.core.set_gateway(gateway_metrics(self.ctx));
+        let hub = self.ctx.hub.clone();
+        let bdseq = self.core.bdseq();
+        let out = self.core.birth(bdseq, &|d: &str| hub.latest(d));
+        self.rebirth_due = false;
+        self.publish(client, out)
+    }
+
+    fn on_readings(&mut self, client: &AsyncClient, batch: &[Reading]) -> Result<(), NodeError> {
+        let hub = self.ctx.hub.clone();
+        let out = self.core.readings(batch, &|d: &str| hub.latest(d));
+        self.publish(client, out)
+    }
+
+    /// Follows Modbus device list changes (new model; the caller rebirths if born).
+    fn devices_changed(&mut self) -> bool {
+        let now = self.ctx.hub.devices();
+        let same = now.len() == self.known.len()
+            && now
+                .iter()
+                .zip(self.known.iter())
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+        if now.is_empty() || same {
+            return false;
+        }
+        self.known = now;
+        self.core.replace_devices(model(&self.known));
+        true
+    }
+
+    /// Readings while there is no session: dropped for this server (counted).
+    fn drop_reading(&mut self, r: Result<Reading, broadcast::error::RecvError>) -> bool {
+        match r {
+            Ok(_) => self.report.dropped_readings += 1,
+            Err(broadcast::error::RecvError::Lagged(n)) => self.report.dropped_readings += n,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    fn options(&self, bdseq: u64) -> Result<MqttOptions, NodeError> {
+        let will = self.core.death(bdseq);
+        let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(u64::from(self.cfg.keep_alive_s.max(5))))
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_request_channel_capacity(REQUEST_QUEUE)
+            .set_last_will(LastWill::new(
+                will.topic.clone(),
+                will.encode()?,
+                QoS::AtLeastOnce,
+                false,
+            ));
+        if let Some(u) = &self.cfg.username {
+            o.set_credentials(u.clone(), self.cfg.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        Ok(o)
+    }
+
+    /// NDEATH (QoS 1, its PUBACK awaited briefly), then DISCONNECT.
+    async fn goodbye(&mut self, client: &AsyncClient, events: &mut mpsc::Receiver<ConnEvent>) {
+        let deadline = Instant::now() + GOODBYE;
+        if let Some(death) = self.core.die() {
+            let bdseq = self.core.bdseq();
+            if self.publish(client, vec![death]).is_ok() {
+                while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                    match ev {
+                        ConnEvent::PubAck => break,
+                        ConnEvent::Closed(_) => return,
+                        _ => {}
+                    }
+                }
+                tracing::info!(bdseq, "Sparkplug upstream: NDEATH published");
+            }
+        }
+        if client.try_disconnect().is_ok() {
+            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+                if matches!(ev, ConnEvent::Closed(_)) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One connection = one Sparkplug session.
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<End, NodeError> {
+        let bdseq = next_bdseq(load_session(&self.ctx.state, SESSION_KEY).await?);
+        save_session(
+            &self.ctx.state,
+            SESSION_KEY,
+            SessionRecord {
+                bdseq,
+                online: true,
+            },
+        )
+        .await?;
+        // The will must carry this session's bdSeq, also while no birth was published yet.
+        self.core.die();
+        let opts = self.options(bdseq)?;
+        let (client, el) = AsyncClient::new(opts, REQUEST_QUEUE);
+        let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
+        // The connection task dies with its session.
+        let _conn = AbortOnDrop(tokio::spawn(connection(el, tx, self.sent.clone())));
+
+        let acked = tokio::select! {
+            _ = stop.changed() => return Ok(End::Stop),
+            r = tokio::time::timeout(Duration::from_secs(15), events.recv()) => r,
+        };
+        match acked {
+            Ok(Some(ConnEvent::ConnAck)) => {}
+            Ok(Some(ConnEvent::Closed(e))) => return Ok(End::Lost(e)),
+            Ok(_) => return Ok(End::Lost("connection closed".into())),
+            Err(_) => return Ok(End::Lost("no CONNACK within 15 s".into())),
+        }
+        let group = self.ctx.config.group_id.clone();
+        let node_id = self.ctx.edge_node_id.clone();
+        let ncmd = Topic::node(&group, MessageType::NCmd, &node_id).to_string();
+        let dcmd = format!("{}/+", Topic::node(&group, MessageType::DCmd, &node_id));
+        let state_topic = self
+            .ctx
+            .config
+            .primary_host_id
+            .as_ref()
+            .map(|h| Topic::State { host_id: h.clone() }.to_string());
+        let mut filters = vec![ncmd, dcmd];
+        filters.extend(state_topic.clone());
+        for f in filters {
+            if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                return Ok(End::Lost(format!("subscribe: {e}")));
+            }
+        }
+        self.report.connected = true;
+        self.report.connects += 1;
+        self.report.last_error = None;
+        tracing::info!(server = %self.cfg.server, bdseq, "Sparkplug upstream connected");
+        // bdSeq is known from here on (the will), whether or not the host lets us be born.
+        self.core.set_bdseq(bdseq);
+        let mut host = HostTracker::default();
+        if state_topic.is_some() {
+            self.core.set_host_online(Some(false));
+            self.update_status();
+        } else {
+            self.births(&client)?;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => {
+                    self.goodbye(&client, &mut events).await;
+                    return Ok(End::Stop);
+                }
+                _ = tick.tick() => {
+                    let g = gateway_metrics(self.ctx);
+                    if let Some(o) = self.core.node_data(g, super::now_ms()) {
+                        self.publish(&client, vec![o])?;
+                    }
+                    if self.devices_changed() && self.core.is_born() {
+                        tracing::info!("Modbus devices changed: Sparkplug upstream rebirth");
+                        self.births(&client)?;
+                    } else if self.rebirth_due && self.core.is_born() {
+                        self.births(&client)?;
+                    }
+                    self.update_status();
+                }
+                r = self.readings.recv() => match r {
+                    Ok(first) => {
+                        let (batch, lagged) = drain(first, &mut self.readings);
+                        if lagged {
+                            self.births(&client)?;
+                        } else {
+                            self.on_readings(&client, &batch)?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.births(&client)?,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(NodeError::Task("Modbus readings closed".into()));
+                    }
+                },
+                ev = events.recv() => {
+                    let (topic, payload) = match ev {
+                        Some(ConnEvent::Publish { topic, payload }) => (topic, payload),
+                        Some(ConnEvent::Closed(e)) => {
+                            self.core.die();
+                            return Ok(End::Lost(e));
+                        }
+                        Some(_) => continue,
+                        None => {
+                            self.core.die();
+                            return Ok(End::Lost("connection task ended".into()));
+                        }
+                    };
+                    if state_topic.as_deref() == Some(topic.as_str()) {
+                        let Some(s) = parse_state(&payload) else {
+                            tracing::warn!(%topic, "unreadable primary host STATE ignored");
+                            continue;
+                        };
+                        match host.apply(s) {
+                            Some(true) => {
+                                tracing::info!("primary host online (upstream)");
+                                self.core.set_host_online(Some(true));
+                                self.births(&client)?;
+                            }
+                            Some(false) => {
+                                tracing::info!("primary host offline (upstream): ending the session");
+                                self.core.set_host_online(Some(false));
+                                if self.core.is_born() {
+                                    // A new session needs a new will: disconnect, reconnect.
+                                    self.goodbye(&client, &mut events).await;
+                                    return Ok(End::Reconnect);
+                                }
+                                self.update_status();
+                            }
+                            None => {}
+                        }
+                        continue;
+                    }
+                    let Ok(Topic::Node { message_type, device_id, .. }) = Topic::parse(&topic) else {
+                        continue;
+                    };
+                    let id = correlation(&payload);
+                    let origin = CommandOrigin {
+                        source: CommandSource::Upstream,
+                        correlation_id: id.clone(),
+                        allow: &self.ctx.config.commands.allow,
+                        restricted: self.ctx.config.commands.restrict_dcmd,
+                    };
+                    let plan = plan_command(&self.core, message_type, device_id.as_deref(), &payload, &origin);
+                    let (reboot_asked, next_server) = (plan.reboot, plan.next_server);
+                    if dispatch(plan, &self.ctx.audit, &self.writes) {
+                        if self.core.is_born() {
+                            self.births(&client)?;
+                        }
+                        rebirth_done(&self.ctx.audit, CommandSource::Upstream, id.clone());
+                    }
+                    if reboot_asked {
+                        reboot(self.ctx, CommandSource::Upstream, id.clone());
+                    }
+                    if next_server {
+                        // One server configured: the "next" one is a new session on it.
+                        node_control_done(&self.ctx.audit, CommandSource::Upstream, id, NEXT_SERVER, Ok(()));
+                        tracing::info!("{NEXT_SERVER}: ending the upstream session");
+                        self.goodbye(&client, &mut events).await;
+                        return Ok(End::Reconnect);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the upstream sessions until `stop` turns true (then NDEATH and DISCONNECT).
+pub async fn run(
+    ctx: NodeContext,
+    cfg: UpstreamConfig,
+    writes: mpsc::Sender<WriteJob>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), NodeError> {
+    let mut report = UpstreamReport {
+        server: cfg.server.clone(),
+        ..UpstreamReport::default()
+    };
+    let setup = split_server(&cfg.server).and_then(|hp| {
+        let tls = if cfg.tls {
+            Some(tls_config(&cfg)?)
+        } else {
+            None
+        };
+        Ok((hp, tls))
+    });
+    let ((host, port), tls) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            // The embedded session goes on; the operator sees why upstream does not.
+            tracing::error!(error = %e, "Sparkplug upstream not started");
+            report.last_error = Some(e.to_string());
+            ctx.status.update(|s| s.upstream = Some(report));
+            let _ = stop.wait_for(|s| *s).await;
+            return Ok(());
+        }
+    };
+    let mut readings = ctx.hub.subscribe();
+    if ctx.expect_devices && ctx.hub.devices().is_empty() {
+        // Let the poller publish its device list first, so the first NBIRTH lists them.
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::timeout(Duration::from_secs(5), readings.recv()) => {}
+        }
+    }
+    let known = ctx.hub.devices();
+    let client_id = if cfg.client_id.is_empty() {
+        format!("ironbridge-{}", ctx.edge_node_id)
+    } else {
+        cfg.client_id.clone()
+    };
+    let mut s = Session {
+        core: NodeCore::new(&ctx.config.group_id, &ctx.edge_node_id, model(&known))
+            .with_next_server(),
+        ctx: &ctx,
+        cfg,
+        tls,
+        host,
+        port,
+        client_id,
+        known,
+        readings,
+        writes,
+        report,
+        sent: Arc::new(AtomicU64::new(0)),
+        rebirth_due: false,
+    };
+    s.update_status();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let started = Instant::now();
+        let end = s.session(&mut stop).await?;
+        let reason = match &end {
+            End::Stop => None,
+            End::Reconnect => Some("session ended (reconnecting)".to_string()),
+            End::Lost(e) => Some(e.clone()),
+        };
+        s.set_disconnected(reason);
+        let wait = match end {
+            End::Stop => break,
+            End::Reconnect => Duration::ZERO,
+            End::Lost(e) => {
+                if started.elapsed() >= STABLE {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(server = %s.cfg.server, error = %e, retry_in_ms = backoff.as_millis() as u64, "Sparkplug upstream connection lost");
+                let w = backoff;
+                backoff = next_backoff(backoff);
+                w
+            }
+        };
+        let until = tokio::time::sleep(wait);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => break,
+                _ = stop.changed() => break,
+                r = s.readings.recv() => if !s.drop_reading(r) {
+                    return Err(NodeError::Task("Modbus readings closed".into()));
+                },
+            }
+        }
+    }
+    // The session record stays "online: true": harmless for upstream (the broker published
+    // the will or our NDEATH); the next connection takes the next bdSeq either way.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_server_addresses() {
+        assert_eq!(
+            split_server("broker.plant:8883").ok(),
+            Some(("broker.plant".to_string(), 8883))
+        );
+        assert_eq!(
+            split_server("[::1]:1883").ok(),
+            Some(("::1".to_string(), 1883))
+        );
+        for bad in ["broker", ":1883", "b:0", "b:x", "b:70000"] {
+            assert!(split_server(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_backoff_is_bounded() {
+        let mut d = BACKOFF_MIN;
+        let mut seen = vec![d];
+        for _ in 0..10 {
+            d = next_backoff(d);
+            seen.push(d);
+        }
+        assert_eq!(&seen[..4], [1, 2, 4, 8].map(Duration::from_secs));
+        assert_eq!(*seen.last().unwrap_or(&d), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn upstream_tls_config_names_the_field() {
+        let cfg = UpstreamConfig {
+            server: "127.0.0.1:8883".into(),
+            client_id: String::new(),
+            username: None,
+            password: None,
+            tls: true,
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            keep_alive_s: 30,
+        };
+        let e = tls_config(&cfg)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("sparkplug.upstream.ca_file"), "{e}");
+    }
+}
