@@ -84,6 +84,8 @@ pub struct Sample {
     pub rss_mb: f64,
     pub fds: u64,
     pub backlog_records: u64,
+    /// The gateway's own view of its delivery delay: age of the oldest record not yet in Kafka.
+    pub oldest_age_ms: f64,
     pub buffer_mb: f64,
     /// Publish → fetched from Kafka over the records fetched in this interval (ms).
     pub lat_p50_ms: f64,
@@ -271,6 +273,7 @@ pub async fn run(bin: &Path, dir: &Path, spec: &SoakSpec, out_dir: &Path) -> Res
             rss_mb: d.vm_rss()? as f64 / 1e6,
             fds: open_fds(d.pid),
             backlog_records: num(&st, "/uplink/lag_records"),
+            oldest_age_ms: num(&st, "/uplink/lag_oldest_age_ms") as f64,
             buffer_mb: num(&st, "/buffer/bytes") as f64 / 1e6,
             lat_p50_ms: quantile(&lat, 0.5),
             lat_p99_ms: quantile(&lat, 0.99),
@@ -328,17 +331,18 @@ pub async fn run(bin: &Path, dir: &Path, spec: &SoakSpec, out_dir: &Path) -> Res
 
 fn write_csv(path: &Path, samples: &[Sample]) -> Result<()> {
     let mut s = String::from(
-        "t_s,acked,rss_mb,fds,backlog_records,buffer_mb,lat_p50_ms,lat_p99_ms,lat_max_ms,fetched,outage\n",
+        "t_s,acked,rss_mb,fds,backlog_records,oldest_age_ms,buffer_mb,lat_p50_ms,lat_p99_ms,lat_max_ms,fetched,outage\n",
     );
     for x in samples {
         let _ = writeln!(
             s,
-            "{:.1},{},{:.2},{},{},{:.2},{:.2},{:.2},{:.2},{},{}",
+            "{:.1},{},{:.2},{},{},{:.0},{:.2},{:.2},{:.2},{:.2},{},{}",
             x.t_s,
             x.acked,
             x.rss_mb,
             x.fds,
             x.backlog_records,
+            x.oldest_age_ms,
             x.buffer_mb,
             x.lat_p50_ms,
             x.lat_p99_ms,
@@ -396,11 +400,16 @@ fn plot(
             vec![("segments", BLACK, Box::new(|s: &Sample| s.buffer_mb))],
         ),
         (
-            "publish → Kafka latency (ms, log)",
+            "publish → consumer latency (ms, log)",
             true,
             vec![
                 ("p50", GREEN, Box::new(|s: &Sample| s.lat_p50_ms)),
                 ("p99", RED, Box::new(|s: &Sample| s.lat_p99_ms)),
+                (
+                    "gateway: oldest record not yet in Kafka",
+                    BLACK,
+                    Box::new(|s: &Sample| s.oldest_age_ms),
+                ),
             ],
         ),
     ];
