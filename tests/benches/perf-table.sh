@@ -29,6 +29,6 @@ cargo test -p ironbridge-adapters --locked --profile test-opt --test bench_tcp -
 echo "== gateway bench"
 cargo bench -p ironbridge-e2e --locked --bench gateway -- $quick --dir "$dir" | tee "$out/gateway.txt"
 
-python3 tests/benches/perf_table.py --out "$out" --started "$started" --mode "${quick:-full}" \
+python3 tests/benches/perf_table.py --out "$out" --started "$started" --mode "${quick:+quick}" \
     --benchmarks BENCHMARKS.md
 echo "BENCHMARKS.md updated (section between the perf-table markers)"
