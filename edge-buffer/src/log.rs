@@ -713,14 +713,27 @@ impl Log {
         if !change(&mut cursors, log_end) {
             return Ok(());
         }
-        cursor::store(&self.shared.dir, &cursors)?;
+        // On a full file system the cursor file cannot be rewritten, and without the commit no
+        // segment would ever be released: the buffer would stay full for good. Deleting the
+        // segments every consumer has passed first is safe — after a crash before the cursor is
+        // stored, a consumer resumes from the oldest remaining record (redelivery, no loss) —
+        // and makes room to store it.
+        let stored = cursor::store(&self.shared.dir, &cursors);
+        if let Err(e) = &stored
+            && !matches!(e, Error::DiskFull { .. })
+        {
+            return stored;
+        }
         let deleted = {
             let mut st = self.shared.lock();
-            st.cursors = cursors;
+            st.cursors = cursors.clone();
             self.apply_retention(&mut st)?
         };
         if deleted {
             cursor::sync_dir(&self.shared.dir)?;
+        }
+        if stored.is_err() {
+            cursor::store(&self.shared.dir, &cursors)?;
         }
         Ok(())
     }
