@@ -48,16 +48,14 @@ def rows(text):
 
 
 def tables(text):
-    """The markdown tables of a bench output, verbatim, with the line before each."""
-    keep, blocks, cur = [], [], []
+    """The markdown tables of a bench output, verbatim."""
+    blocks, cur = [], []
     for line in text.splitlines():
         if line.startswith("|"):
             cur.append(line)
-        else:
-            if cur:
-                blocks.append("\n".join(cur))
-                cur = []
-            keep.append(line)
+        elif cur:
+            blocks.append("\n".join(cur))
+            cur = []
     if cur:
         blocks.append("\n".join(cur))
     return blocks
