@@ -18,24 +18,33 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn enospc_is_a_typed_recoverable_error() {
+/// Mounts a tmpfs of `size` for the test; `None` (skip) where mounting is impossible and
+/// `EDGE_BUFFER_SKIP_ENOSPC` is set.
+fn mount_tmpfs(size: &str) -> Option<(tempfile::TempDir, Tmpfs)> {
     let holder = tempfile::tempdir().unwrap();
     let mnt = holder.path().join("fs");
     std::fs::create_dir(&mnt).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&mnt)
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
         if std::env::var("EDGE_BUFFER_SKIP_ENOSPC").is_ok() {
             eprintln!("skipped: cannot mount a tmpfs here");
-            return;
+            return None;
         }
         panic!("mounting a tmpfs failed: run as root, or set EDGE_BUFFER_SKIP_ENOSPC=1");
     }
-    let _guard = Tmpfs(mnt.clone());
+    Some((holder, Tmpfs(mnt)))
+}
+
+#[test]
+fn enospc_is_a_typed_recoverable_error() {
+    let Some((_holder, fs)) = mount_tmpfs("256k") else {
+        return;
+    };
+    let mnt = fs.0.clone();
     // A filler file we can delete later to give the space back.
     std::fs::write(mnt.join("filler"), vec![0u8; 64 << 10]).unwrap();
     let dir = mnt.join("buffer");
@@ -82,4 +91,67 @@ fn enospc_is_a_typed_recoverable_error() {
         assert_eq!(&r.payload[..], &payload_for(r.offset, 300)[..]);
     }
     assert_eq!(log.stats().corrupt_records, 0);
+}
+
+/// On a full file system, a consumer that has read everything must still be able to commit:
+/// the commit writes a new cursor file, so it first releases the segments every consumer has
+/// passed (found by the disk-full campaign: acknowledgements never resumed after the uplink
+/// drained, because the commit itself failed with ENOSPC).
+#[test]
+fn a_commit_on_a_full_file_system_releases_the_passed_segments() {
+    let Some((_holder, fs)) = mount_tmpfs("256k") else {
+        return;
+    };
+    let dir = fs.0.join("buffer");
+    let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
+    let mut reader = log.reader_for("uplink").unwrap();
+    let mut acked = 0u64;
+    loop {
+        match log
+            .append(&[Record::new(0, &payload_for(acked, 300))])
+            .and_then(|t| t.wait())
+        {
+            Ok(_) => acked += 1,
+            Err(Error::DiskFull { .. }) => break,
+            Err(e) => panic!("expected DiskFull, got {e}"),
+        }
+        assert!(acked < 100_000, "never ran out of space");
+    }
+    // The consumer reads everything, then commits while the file system is full.
+    let mut read = 0u64;
+    loop {
+        let batch = reader.read_batch(1000, 1 << 20).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read += batch.len() as u64;
+    }
+    assert_eq!(read, acked);
+    let segments_before = log.stats().segments;
+    log.commit("uplink", acked)
+        .expect("a commit on a full file system must succeed");
+    assert!(
+        log.stats().segments < segments_before,
+        "no segment released: {} before, {} after",
+        segments_before,
+        log.stats().segments
+    );
+    assert_eq!(log.cursor("uplink").unwrap(), Some(acked));
+    // The space is back: appends succeed and continue the offsets.
+    let r = log
+        .append(&[Record::new(0, &payload_for(acked, 300))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(r, acked..acked + 1);
+    drop(reader);
+    drop(log);
+
+    // The stored cursor survives a restart: the consumer resumes at the new record.
+    let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
+    let mut reader = log.reader_for("uplink").unwrap();
+    let batch = reader.read_batch(1000, 1 << 20).unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].offset, acked);
+    assert_eq!(&batch[0].payload[..], &payload_for(acked, 300)[..]);
 }
