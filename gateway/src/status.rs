@@ -496,6 +496,18 @@ impl GatewayStatus {
             &one(u.retries),
         );
         metric(
+            "uplink_request_timeouts_total",
+            "counter",
+            "Produce requests that did not finish within request_timeout_ms.",
+            &one(u.request_timeouts),
+        );
+        metric(
+            "uplink_request_limit_bytes",
+            "gauge",
+            "Current produce request size limit (shrinks after timeouts).",
+            &one(u.request_limit_bytes),
+        );
+        metric(
             "uplink_lag_records",
             "gauge",
             "Buffered records not yet acknowledged by Kafka.",

@@ -182,3 +182,102 @@ async fn outage(mode: Mode) -> Result<()> {
     ));
     Ok(())
 }
+
+/// A link too slow to carry one full produce request within `request_timeout_ms` (a cellular
+/// uplink): the uplink must shrink its requests after the timeouts and drain the backlog,
+/// instead of resending the same request forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_link_drains_with_smaller_requests() -> Result<()> {
+    if !require(NEEDS)? {
+        return Ok(());
+    }
+    prepare().await?;
+    within(Duration::from_secs(180), "slow link", slow_link()).await
+}
+
+async fn slow_link() -> Result<()> {
+    /// 100 kB/s: the backlog (~0.8 MB in one request of up to 1 MB) needs ~8 s, 4× the timeout.
+    const BYTES_PER_SEC: u64 = 100_000;
+    const TIMEOUT_MS: u64 = 2_000;
+    let p = Progress::new("slow link");
+    let kafka = ProxiedKafka::start().await?;
+    let tool = KafkaTool::new(kafka.direct());
+    tool.create_topic("telemetry", 1).await?;
+    let gw = Gateway::start(
+        GatewayOptions {
+            id: "e2e-slow-link".into(),
+            kafka: Some(kafka.bootstrap()),
+            routes: vec![Route::new("plant/#", "telemetry")],
+            ..Default::default()
+        }
+        .kafka_setting("request_timeout_ms", &TIMEOUT_MS.to_string())
+        // Uncompressed, so the bytes on the wire are what the request limit counts.
+        .kafka_setting("compression", "\"none\"")
+        .kafka_setting("retry_backoff_max_ms", "1000"),
+    )
+    .await?;
+    gw.wait_status("uplink connected", Duration::from_secs(20), |s| {
+        text(s, "/uplink/state") == Some("connected")
+    })
+    .await?;
+
+    // Build a backlog while the link is down, so it goes out in full-size requests.
+    kafka.proxy.set_mode(Mode::Cut);
+    let topics: Vec<String> = (0..KEYS).map(|i| format!("plant/field{i}/flow")).collect();
+    let per_key = 700;
+    let mut spec = StreamSpec::new(gw.mqtt_port(), "field-sensors", topics.clone(), per_key);
+    spec.ack_timeout = Duration::from_secs(30);
+    let report = StreamPublisher::spawn(&spec)?
+        .finish(Duration::from_secs(60))
+        .await?;
+    ensure!(
+        !report.broken && report.acked.len() == KEYS * per_key as usize,
+        "publisher: published {}, acked {}",
+        report.published,
+        report.acked.len()
+    );
+    let before = gw.status().await?;
+    let limit_before = num(&before, "/uplink/request_limit_bytes");
+    ensure!(
+        limit_before == Some(1_000_000),
+        "request limit before: {before}"
+    );
+    p.note(format!(
+        "backlog of {:?} records; link now {BYTES_PER_SEC} B/s",
+        num(&before, "/uplink/lag_records")
+    ));
+
+    let slow_at = Instant::now();
+    kafka.proxy.set_mode(Mode::Slow {
+        delay: Duration::ZERO,
+        bytes_per_sec: Some(BYTES_PER_SEC),
+    });
+    let status = gw.wait_forwarded(Duration::from_secs(150)).await?;
+    let timeouts = num(&status, "/uplink/request_timeouts").unwrap_or(0);
+    p.note(format!(
+        "drained in {:?}: {:?} produce requests, {timeouts} timed out, request limit now {:?}",
+        slow_at.elapsed(),
+        num(&status, "/uplink/produce_requests"),
+        num(&status, "/uplink/request_limit_bytes")
+    ));
+    ensure!(
+        timeouts >= 1,
+        "no request timed out, so the link was not too slow for a full request: {status}"
+    );
+    let metrics = gw.metrics().await?;
+    ensure!(
+        metric(&metrics, "ironbridge_uplink_request_timeouts_total") == Some(timeouts as f64),
+        "metrics:\n{metrics}"
+    );
+    kafka.proxy.set_mode(Mode::Pass);
+
+    let records = tool.consume("telemetry", None).await?;
+    let d = Delivery::analyse(records)?;
+    assert_complete(&d, &topics, 0, per_key)?;
+    p.note(format!(
+        "{} messages in order, {} duplicates (requests that timed out but were stored)",
+        d.unique.len(),
+        d.duplicates
+    ));
+    Ok(())
+}

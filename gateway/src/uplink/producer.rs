@@ -179,12 +179,84 @@ struct Group {
     topic: Arc<str>,
     partition: i32,
     chunks: VecDeque<Vec<Built>>,
+    /// Size of the last chunk, while the chunks are being built.
+    tail_bytes: usize,
+}
+
+impl Group {
+    fn new(topic: Arc<str>, partition: i32) -> Group {
+        Group {
+            topic,
+            partition,
+            chunks: VecDeque::new(),
+            tail_bytes: 0,
+        }
+    }
+
+    /// Appends a record, starting a new chunk when the last one would exceed `limit` bytes
+    /// (a record larger than `limit` is a chunk of its own).
+    fn push(&mut self, b: Built, limit: usize) {
+        match self.chunks.back_mut() {
+            Some(c) if self.tail_bytes + b.size <= limit => {
+                self.tail_bytes += b.size;
+                c.push(b);
+            }
+            _ => {
+                self.tail_bytes = b.size;
+                self.chunks.push_back(vec![b]);
+            }
+        }
+    }
+
+    /// Splits the records not yet sent into chunks of at most `limit` bytes, in order.
+    fn rechunk(&mut self, limit: usize) {
+        let pending: Vec<Built> = self.chunks.drain(..).flatten().collect();
+        self.tail_bytes = 0;
+        for b in pending {
+            self.push(b, limit);
+        }
+    }
 }
 
 enum GroupResult {
     Done,
     TopicMissing(String),
+    /// The request did not finish within `request_timeout_ms`.
+    TimedOut(String),
     Transient(String),
+}
+
+/// The smallest request the uplink shrinks to after timeouts (a larger record still goes
+/// whole). Small enough that a broker which cannot take a full request in time still gets
+/// records through; large enough to keep a few hundred readings per request.
+const MIN_REQUEST_BYTES: usize = 16 * 1024;
+
+/// The request size limit, halved after a timeout and grown back by an eighth of the
+/// configured maximum after each round without one (AIMD, like TCP's congestion window).
+/// A broker that needs longer than `request_timeout_ms` for a full request would otherwise
+/// get the same request again and again, and the backlog would never drain.
+#[derive(Debug)]
+struct RequestLimit {
+    max: usize,
+    current: usize,
+}
+
+impl RequestLimit {
+    fn new(max: usize) -> RequestLimit {
+        RequestLimit { max, current: max }
+    }
+
+    fn get(&self) -> usize {
+        self.current
+    }
+
+    fn shrink(&mut self) {
+        self.current = (self.current / 2).max(MIN_REQUEST_BYTES.min(self.max));
+    }
+
+    fn grow(&mut self) {
+        self.current = (self.current + (self.max / 8).max(1)).min(self.max);
+    }
 }
 
 /// Why `deliver` stopped before the batch was done.
@@ -204,6 +276,7 @@ pub(crate) struct Uplink {
     backoff: Backoff,
     /// Consecutive failed rounds; the session is rebuilt after a few.
     failed_rounds: u32,
+    request_limit: RequestLimit,
 }
 
 impl Uplink {
@@ -219,6 +292,7 @@ impl Uplink {
             Duration::from_millis(cfg.retry_backoff_max_ms),
         );
         let compression = cfg.compression.to_rskafka();
+        let request_limit = RequestLimit::new(cfg.max_request_bytes);
         Uplink {
             cfg,
             log,
@@ -229,6 +303,7 @@ impl Uplink {
             session: None,
             backoff,
             failed_rounds: 0,
+            request_limit,
         }
     }
 
@@ -443,21 +518,10 @@ impl Uplink {
             let i = *index
                 .entry((Arc::clone(&b.topic), partition))
                 .or_insert_with(|| {
-                    groups.push(Group {
-                        topic: Arc::clone(&b.topic),
-                        partition,
-                        chunks: VecDeque::new(),
-                    });
+                    groups.push(Group::new(Arc::clone(&b.topic), partition));
                     groups.len() - 1
                 });
-            let g = &mut groups[i];
-            let fits = g.chunks.back().is_some_and(|c| {
-                c.iter().map(|x| x.size).sum::<usize>() + b.size <= self.cfg.max_request_bytes
-            });
-            match g.chunks.back_mut() {
-                Some(c) if fits => c.push(b),
-                _ => g.chunks.push_back(vec![b]),
-            }
+            groups[i].push(b, self.request_limit.get());
         }
 
         // Delivery rounds: every group with work sends its chunks in order; failures are retried
@@ -525,9 +589,14 @@ impl Uplink {
                     }
                 }
             };
+            let mut timed_out = false;
             for (key, r) in results {
                 match r {
                     GroupResult::Done => {}
+                    GroupResult::TimedOut(m) => {
+                        timed_out = true;
+                        transient.get_or_insert(m);
+                    }
                     GroupResult::TopicMissing(m) => {
                         if !missing.iter().any(|(t, _)| *t == key.0) {
                             missing.push((Arc::clone(&key.0), m));
@@ -558,6 +627,25 @@ impl Uplink {
                         transient.get_or_insert(f.message);
                     }
                 }
+            }
+            if timed_out {
+                // rskafka finishes sending an abandoned request in the background; a new
+                // connection keeps the next, smaller request from queueing behind it (and a
+                // closed connection lets the broker drop a request it has not fully read).
+                self.session = None;
+                self.request_limit.shrink();
+                let limit = self.request_limit.get();
+                self.status.timed_out(limit);
+                info!(
+                    request_limit_bytes = limit,
+                    "uplink: a produce request timed out; sending smaller requests"
+                );
+                for g in &mut groups {
+                    g.rechunk(limit);
+                }
+            } else if transient.is_none() && self.request_limit.get() < self.request_limit.max {
+                self.request_limit.grow();
+                self.status.request_limit(self.request_limit.get());
             }
             if shutdown.fired {
                 continue;
@@ -911,7 +999,7 @@ where
         let r = timeout(request_timeout, produce(records)).await;
         match r {
             Err(_) => {
-                return GroupResult::Transient(format!(
+                return GroupResult::TimedOut(format!(
                     "produce to {}/{} timed out after {request_timeout:?}",
                     g.topic, g.partition
                 ));
@@ -1018,6 +1106,7 @@ mod tests {
             topic: Arc::from("t"),
             partition: 0,
             chunks,
+            tail_bytes: 0,
         }
     }
 
@@ -1109,13 +1198,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_hanging_request_times_out_as_transient() {
+    async fn a_hanging_request_times_out() {
         let status = UplinkStatus::new();
         let mut g = group(&["a"], 1);
         let hang = |_r: Vec<Record>| std::future::pending::<Result<Vec<i64>, KafkaError>>();
         let r = deliver_group(&mut g, hang, &status, Duration::from_millis(50)).await;
-        assert!(matches!(r, GroupResult::Transient(m) if m.contains("timed out")));
+        assert!(matches!(r, GroupResult::TimedOut(m) if m.contains("timed out")));
         assert_eq!(g.chunks.len(), 1);
+    }
+
+    #[test]
+    fn chunks_respect_the_limit_and_rechunking_keeps_the_order() {
+        let mut g = Group::new(Arc::from("t"), 0);
+        let records: Vec<Built> = (0..100).map(|i| built(i, "0123456789")).collect();
+        let size = records[0].size;
+        for b in records {
+            g.push(b, 10 * size);
+        }
+        assert_eq!(g.chunks.len(), 10);
+        // The first chunk was sent; the rest is split smaller, in order.
+        g.chunks.pop_front();
+        g.rechunk(3 * size);
+        assert!(g.chunks.iter().all(|c| c.len() <= 3));
+        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        assert_eq!(left, (10..100).collect::<Vec<u64>>());
+        // A record larger than the limit still goes, alone.
+        g.rechunk(size / 2);
+        assert!(g.chunks.iter().all(|c| c.len() == 1));
+        assert_eq!(g.chunks.len(), 90);
+    }
+
+    #[test]
+    fn request_limit_halves_on_timeouts_and_grows_back() {
+        let mut l = RequestLimit::new(1_000_000);
+        l.shrink();
+        assert_eq!(l.get(), 500_000);
+        for _ in 0..20 {
+            l.shrink();
+        }
+        assert_eq!(l.get(), MIN_REQUEST_BYTES);
+        let mut rounds = 0;
+        while l.get() < 1_000_000 {
+            l.grow();
+            rounds += 1;
+        }
+        assert_eq!((l.get(), rounds), (1_000_000, 8));
+        // A configured maximum below the floor is kept.
+        let mut small = RequestLimit::new(1_000);
+        small.shrink();
+        assert_eq!(small.get(), 1_000);
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct UplinkSnapshot {
     pub produce_requests: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
+    /// Produce requests that did not finish within `request_timeout_ms`.
+    pub request_timeouts: u64,
+    /// The current request size limit: `max_request_bytes`, halved after each timeout and
+    /// grown back while requests succeed.
+    pub request_limit_bytes: u64,
     /// The committed buffer cursor: every offset below is done, durably.
     pub committed_offset: u64,
     /// Every offset below was acknowledged by Kafka or skipped (committed at most
@@ -140,6 +145,8 @@ impl UplinkStatus {
                     forwarded_bytes: 0,
                     produce_requests: 0,
                     retries: 0,
+                    request_timeouts: 0,
+                    request_limit_bytes: 0,
                     committed_offset: 0,
                     forwarded_offset: 0,
                     lag_records: 0,
@@ -188,6 +195,7 @@ impl UplinkStatus {
     pub(crate) fn attach(&self, config: &UplinkConfig, log: &std::sync::Arc<Log>) {
         *self.log.lock().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::downgrade(log);
         let mut g = self.lock();
+        g.snap.request_limit_bytes = config.max_request_bytes as u64;
         g.snap.routes = config
             .routes
             .iter()
@@ -255,6 +263,17 @@ impl UplinkStatus {
 
     pub(crate) fn request(&self) {
         self.lock().snap.produce_requests += 1;
+    }
+
+    /// A produce request timed out; requests are now limited to `limit` bytes.
+    pub(crate) fn timed_out(&self, limit: usize) {
+        let mut g = self.lock();
+        g.snap.request_timeouts += 1;
+        g.snap.request_limit_bytes = limit as u64;
+    }
+
+    pub(crate) fn request_limit(&self, limit: usize) {
+        self.lock().snap.request_limit_bytes = limit as u64;
     }
 
     pub(crate) fn retry(&self) {
