@@ -10,7 +10,7 @@ Subcommands
       Exits 0 if the topic already exists with the requested partition count.
   consume --bootstrap B --topic T [--expect N] [--timeout S] [--from-offset O] [--fetch-max-bytes N]
       Reads every partition of T from the beginning (or from offset O in each partition). Without --expect it stops when all partitions
-      reached their end; with --expect it stops after N records. A request is never given up before
+      reached their end; with --expect it stops after N records. A request is not given up before
       the timeout (socket.timeout.ms >= --timeout). --fetch-max-bytes bounds each Fetch request (and
       polls with a 100 ms fetch wait): for reading large topics back from tansu, which otherwise answers
       the first Fetch with every partition's records at once (see tests/TANSU.md). Prints one JSON line
@@ -199,8 +199,9 @@ def cmd_consume(args):
         "check.crcs": True,
         # librdkafka abandons a request after socket.timeout.ms (default 60 s), reconnects and sends
         # the same Fetch again; a broker that needs longer for it then never gets anywhere (and keeps
-        # working on the abandoned requests). Within our own deadline, wait for the answer.
-        "socket.timeout.ms": max(60_000, int(args.timeout * 1000)),
+        # working on the abandoned requests). Within our own deadline (up to librdkafka's maximum,
+        # 300 s), wait for the answer.
+        "socket.timeout.ms": min(300_000, max(60_000, int(args.timeout * 1000))),
     })
     if args.fetch_max_bytes is not None:
         conf.update({
