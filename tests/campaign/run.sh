@@ -26,7 +26,10 @@ cargo nextest run -p ironbridge-e2e --locked --cargo-profile test-opt --profile 
     --test-threads 1 --no-fail-fast ${IRONBRIDGE_CAMPAIGN_TESTS:-} || status=$?
 if [ "$mode" = full ]; then
     mkdir -p docs/campaign
-    rm -f docs/campaign/*.json
+    # A filtered run replaces only the reports it wrote; the others stay in the report.
+    if [ -z "${IRONBRIDGE_CAMPAIGN_TESTS:-}" ]; then
+        rm -f docs/campaign/*.json
+    fi
     cp "$IRONBRIDGE_CAMPAIGN_OUT"/*.json docs/campaign/ 2>/dev/null || true
     python3 tests/campaign/report.py docs/campaign docs/campaign/REPORT.md "${IRONBRIDGE_CAMPAIGN_NOTE:-}"
 else

@@ -8,15 +8,20 @@ Subcommands
   create-topic --bootstrap B --topic T [--partitions N]
       Creates T (CreateTopics, replication factor 1). Prints {"created": T, "partitions": N}.
       Exits 0 if the topic already exists with the requested partition count.
-  consume --bootstrap B --topic T [--expect N] [--timeout S] [--from-offset O]
+  consume --bootstrap B --topic T [--expect N] [--timeout S] [--from-offset O] [--fetch-max-bytes N]
       Reads every partition of T from the beginning (or from offset O in each partition). Without --expect it stops when all partitions
-      reached their end; with --expect it stops after N records. Prints one JSON line per record:
+      reached their end; with --expect it stops after N records. A request is not given up before
+      the timeout (socket.timeout.ms >= --timeout). --fetch-max-bytes bounds each Fetch request (and
+      polls with a 100 ms fetch wait): for reading large topics back from tansu, which otherwise answers
+      the first Fetch with every partition's records at once (see tests/TANSU.md). Prints one JSON line
+      per record:
         {"topic", "partition", "offset", "timestamp", "timestamp_type",
          "key": utf8 str | base64 str | null, "key_b64": bool,
          "value": base64 str | null,
          "headers": {name: utf8 str or base64 str},  "headers_b64": [names whose value is base64],
          "headers_raw": [[name, base64 value or null], ...]   (exact, keeps order and duplicates)}
-      Exits 3 (after printing what it got) if fewer than N records arrived before the timeout.
+      Exits 3 (after printing what it got) if fewer than N records arrived, or without --expect not every
+      partition's end was reached, before the timeout; stderr then says how far each partition got.
   offsets --bootstrap B --topic T
       Prints one JSON line per partition: {"partition", "low", "high"} (ListOffsets earliest/latest).
   produce --bootstrap B --topic T --count N --size S [--compression C] [--acks A] [--key K]
@@ -192,7 +197,21 @@ def cmd_consume(args):
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
         "check.crcs": True,
+        # librdkafka abandons a request after socket.timeout.ms (default 60 s), reconnects and sends
+        # the same Fetch again; a broker that needs longer for it then never gets anywhere (and keeps
+        # working on the abandoned requests). Within our own deadline (up to librdkafka's maximum,
+        # 300 s), wait for the answer.
+        "socket.timeout.ms": min(300_000, max(60_000, int(args.timeout * 1000))),
     })
+    if args.fetch_max_bytes is not None:
+        conf.update({
+            "fetch.max.bytes": args.fetch_max_bytes,
+            "max.partition.fetch.bytes": args.fetch_max_bytes,
+            # librdkafka insists on fetch.max.bytes >= message.max.bytes.
+            "message.max.bytes": min(args.fetch_max_bytes, 1_000_000),
+            # tansu waits up to half of what is left of fetch.wait.max.ms even after it found data.
+            "fetch.wait.max.ms": 100,
+        })
     consumer = Consumer(conf)
     deadline = time.monotonic() + args.timeout
     try:
@@ -213,6 +232,8 @@ def cmd_consume(args):
         consumer.assign([TopicPartition(args.topic, p, start) for p in partitions])
         got = 0
         at_eof = set()
+        # partition -> [records, last offset], for the timeout message.
+        progress = {p: [0, None] for p in partitions}
         while True:
             if args.expect is not None and got >= args.expect:
                 return 0
@@ -225,7 +246,8 @@ def cmd_consume(args):
                           f"{args.expect} records", file=sys.stderr)
                     return 3
                 print(f"consume {args.topic}: timeout after {args.timeout}s before reaching the end "
-                      f"of partitions {sorted(set(partitions) - at_eof)}", file=sys.stderr)
+                      f"of partitions {sorted(set(partitions) - at_eof)}; records and last offset "
+                      f"per partition: {progress}", file=sys.stderr)
                 return 3
             msg = consumer.poll(min(remaining, 0.5))
             if msg is None:
@@ -240,8 +262,10 @@ def cmd_consume(args):
                     return 2
                 continue
             at_eof.discard(msg.partition())
-            print(json.dumps(record_json(msg)), flush=True)
+            print(json.dumps(record_json(msg)))
             got += 1
+            progress[msg.partition()][0] += 1
+            progress[msg.partition()][1] = msg.offset()
     finally:
         consumer.close()
 
@@ -348,6 +372,7 @@ def main():
     c = base("consume")
     c.add_argument("--expect", type=int)
     c.add_argument("--from-offset", type=int)
+    c.add_argument("--fetch-max-bytes", type=int)
     c.set_defaults(func=cmd_consume)
 
     c = base("offsets")

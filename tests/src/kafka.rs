@@ -176,6 +176,12 @@ pub struct KafkaTool {
     bootstrap: String,
     /// Upper bound for each call (the tool's own `--timeout`, plus slack for Python start-up).
     pub timeout: Duration,
+    /// Bounds each Fetch request of [`KafkaTool::consume`] (`--fetch-max-bytes`). Set it to read large
+    /// topics back from tansu: without it tansu answers the first Fetch with every partition's records
+    /// at once (it ignores the per-partition limit and counts the request's limit in compressed bytes,
+    /// 5 MiB at most), and with ~100k records that one answer takes longer than librdkafka waits.
+    /// tansu's sqlite engine never returns a record larger than this (see `tests/TANSU.md`).
+    pub fetch_max_bytes: Option<u32>,
 }
 
 impl KafkaTool {
@@ -184,6 +190,7 @@ impl KafkaTool {
         KafkaTool {
             bootstrap: bootstrap.into(),
             timeout: Duration::from_secs(30),
+            fetch_max_bytes: None,
         }
     }
 
@@ -232,6 +239,9 @@ impl KafkaTool {
         }
         if let Some(o) = from_offset {
             cmd.arg("--from-offset").arg(o.to_string());
+        }
+        if let Some(b) = self.fetch_max_bytes {
+            cmd.arg("--fetch-max-bytes").arg(b.to_string());
         }
         let out = run(&mut cmd, self.limit()).await?;
         parse_records(&String::from_utf8_lossy(&out.stdout))

@@ -91,6 +91,9 @@ struct Report {
     modbus_reordered: usize,
     /// Buffer records counted corrupt (torn-write campaign).
     corrupt_records: u64,
+    /// Records read back from Kafka (all copies, MQTT and Modbus topics) and how long that took.
+    read_back_records: usize,
+    read_back_s: f64,
     rows: Vec<Row>,
 }
 
@@ -230,21 +233,50 @@ fn analyse_modbus(mut records: Vec<Record>) -> Result<(usize, usize, usize)> {
     Ok((unique, dups, reordered))
 }
 
+/// The verifier's Kafka client: bounded Fetch requests (see [`KafkaTool::fetch_max_bytes`]).
+fn verifier(bootstrap: String) -> KafkaTool {
+    let mut tool = KafkaTool::new(bootstrap);
+    tool.timeout = Duration::from_secs(120);
+    tool.fetch_max_bytes = Some(512 * 1024);
+    tool
+}
+
+/// Reads all of `topic` back, with a deadline that grows with the number of records: tansu serves
+/// a few thousand records with 7-8 headers each per second on the shared 2-core machine (it runs
+/// every storage operation on one task, ~0.1-0.5 ms per record), so allow a minute plus 2 ms per
+/// record. Adds to the report's read-back counters.
+async fn read_back(report: &mut Report, kafka: &KafkaTool, topic: &str) -> Result<Vec<Record>> {
+    let offsets = kafka
+        .offsets(topic)
+        .await
+        .with_context(|| format!("watermarks of {topic}"))?;
+    let stored: i64 = offsets.iter().map(|p| p.high - p.low).sum();
+    let mut tool = kafka.clone();
+    tool.timeout = Duration::from_secs(60) + Duration::from_millis(2 * stored.max(0) as u64);
+    let started = Instant::now();
+    let records = tool.consume(topic, None).await.with_context(|| {
+        format!(
+            "reading {topic} back ({stored} records, timeout {:?}); partition offsets {offsets:?}",
+            tool.timeout
+        )
+    })?;
+    let took = started.elapsed().as_secs_f64();
+    eprintln!(
+        "read back {topic}: {} records in {took:.1} s ({stored} between the watermarks)",
+        records.len()
+    );
+    report.read_back_records += records.len();
+    report.read_back_s += took;
+    Ok(records)
+}
+
 /// Fills the report's MQTT and Modbus numbers from what Kafka holds.
 async fn settle(
     report: &mut Report,
     kafka: &KafkaTool,
     acked: &[(String, u32)],
 ) -> Result<Delivery> {
-    let events = match kafka.consume("events", None).await {
-        Ok(r) => r,
-        Err(e) => {
-            let offsets = kafka.offsets("events").await;
-            return Err(e.context(format!(
-                "reading events back; partition offsets {offsets:?}"
-            )));
-        }
-    };
+    let events = read_back(report, kafka, "events").await?;
     let d = Delivery::analyse(events)?;
     report.acknowledged = acked.len();
     report.delivered = d.unique.len();
@@ -252,7 +284,7 @@ async fn settle(
     report.lost = d.missing(acked).len();
     // `Delivery::analyse` refuses any out-of-order record per topic, so reaching here means 0.
     report.reordered = 0;
-    let (m, md, mr) = analyse_modbus(kafka.consume("modbus", None).await?)?;
+    let (m, md, mr) = analyse_modbus(read_back(report, kafka, "modbus").await?)?;
     report.modbus_records = m;
     report.modbus_duplicates = md;
     report.modbus_reordered = mr;
@@ -286,9 +318,7 @@ struct Setup {
 impl Setup {
     async fn start(name: &str, trials: usize) -> Result<Setup> {
         let kafka = ProxiedKafka::start().await?;
-        let mut tool = KafkaTool::new(kafka.direct());
-        // Reading tens of thousands of records back from tansu takes a while.
-        tool.timeout = Duration::from_secs(180);
+        let tool = verifier(kafka.direct());
         tool.create_topic("events", 4).await?;
         tool.create_topic("modbus", 2).await?;
         let machine = Machine::start().await?;
@@ -452,13 +482,13 @@ impl Outage {
 /// on the same port and database. After each outage the backlog must drain; at the end
 /// everything acknowledged must be in Kafka, in order per key.
 ///
-/// Reading the result back: tansu 0.6.0's sqlite schema has no index on `header (topition,
-/// offset_id)`, so each record a Fetch returns costs a full scan of all headers ever stored. An
-/// earlier run of this campaign (3 outages, ~130k records with 7-8 headers each) therefore
-/// never saw the verifier reach the end of the partitions within 180 s although the gateway had
-/// forwarded everything: the records were all in tansu (watermark = row count = max offset + 1
-/// per partition), each took 0.1-0.4 s to fetch. Not a gateway bug; the harness now adds the
-/// index when it starts tansu (`ironbridge_e2e::tansu::index_headers`).
+/// Reading the result back (~100k+ records with 7-8 headers each) needs two things from the
+/// harness, neither a gateway matter: the header index tansu 0.6.0's sqlite schema lacks
+/// (`ironbridge_e2e::tansu::index_headers`; without it every fetched record scans all headers),
+/// and bounded Fetch requests ([`verifier`]): tansu answers a default librdkafka Fetch with
+/// nearly every record of every partition in one response (160k records: over 60 s on the loaded
+/// machine), librdkafka gives up on it after `socket.timeout.ms`, reconnects and asks again from
+/// offset 0 — the verifier got no record at all in 180 s, not even the empty partition's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_campaign() -> Result<()> {
     if !require(NEEDS)? {
@@ -507,8 +537,9 @@ async fn outage_trials(kinds: Vec<Outage>, min_s: u64, max_s: u64) -> Result<()>
     report.seed = rng.seed();
     // The documented default request timeout (30 s), not the harness's 2 s: after a long
     // outage tansu (sqlite, loaded 2-core machine) needs more than 2 s for one full 1 MiB catch-up
-    // batch, and the uplink retries the very same batch after every timeout, so with 2 s it never
-    // catches up (seen: 26k records behind, every produce to events/1 timing out for 3 minutes).
+    // batch. Before 0ecaee5 the uplink retried the very same batch after every timeout, so with 2 s
+    // it never caught up (seen: 26k records behind, every produce to events/1 timing out for 3
+    // minutes); it now halves the request after a timeout, but the campaign tests the default.
     gw.stop().await?;
     let opts = gw
         .options()
@@ -685,8 +716,7 @@ async fn disk_full() -> Result<()> {
     let started = Instant::now();
     let p = Progress::new("campaign-disk-full");
     let kafka = ProxiedKafka::start().await?;
-    let mut tool = KafkaTool::new(kafka.direct());
-    tool.timeout = Duration::from_secs(120);
+    let tool = verifier(kafka.direct());
     let mut report = Report {
         name: "disk_full".into(),
         mode: if full() { "full" } else { "short" },
@@ -1027,8 +1057,7 @@ async fn torn_writes(trials: usize) -> Result<()> {
     let p = Progress::new("campaign-torn");
     let mut rng = Rng::from_env();
     let kafka = ProxiedKafka::start().await?;
-    let mut tool = KafkaTool::new(kafka.direct());
-    tool.timeout = Duration::from_secs(120);
+    let tool = verifier(kafka.direct());
     tool.create_topic("torn", 2).await?;
     let mut gw = Gateway::start(
         GatewayOptions {
