@@ -4,6 +4,7 @@ pub mod config;
 pub mod config_store;
 pub mod daemon;
 pub mod event;
+pub mod malloc;
 pub mod modbus;
 pub mod mqtt;
 pub mod notify;

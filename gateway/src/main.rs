@@ -121,6 +121,9 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // Before any other thread exists: large buffers (argon2, catch-up batches) go back to the
+    // kernel when freed instead of staying in malloc's arenas (see `ironbridge::malloc`).
+    ironbridge::malloc::configure();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => {

@@ -20,6 +20,13 @@ pub fn hash_password(password: &str) -> Result<String, MqttError> {
         .map_err(|e| MqttError::Hash(e.to_string()))
 }
 
+/// What unknown user names are checked against, so that the answer takes as long as for a
+/// known one (same algorithm and cost as [`hash_password`]; the result is ignored). A constant,
+/// made once by `ironbridge hash-password` from a discarded random password: computing one at
+/// every start cost two argon2 runs (tens of ms each, hundreds on a small ARM box) and 19 MiB
+/// of memory each.
+pub(crate) const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$BmBIXI1GV3CBKOxu/Wu/kw$OnvhWRSB5TEy0O9nPvkwopTwVjTC8UpU2NMumnwMUR4";
+
 /// Checks `password` against an argon2id PHC string (false for a malformed hash). Blocking:
 /// tens of milliseconds and ~19 MiB; callers bound concurrency and use `spawn_blocking`.
 pub fn verify_password(phc: &str, password: &str) -> bool {
@@ -58,8 +65,6 @@ pub(crate) enum AuthOutcome {
 pub(crate) struct Authenticator {
     users: HashMap<String, String>,
     allow_anonymous: bool,
-    /// Verified against for unknown users so that response time does not reveal usernames.
-    dummy: String,
     /// argon2 costs ~19 MiB and tens of ms per check: bound concurrent checks so a connect
     /// storm cannot exhaust memory or the blocking pool.
     slots: Arc<Semaphore>,
@@ -69,13 +74,12 @@ impl Authenticator {
     pub(crate) fn new(
         users: &std::collections::BTreeMap<String, String>,
         allow_anonymous: bool,
-    ) -> Result<Self, MqttError> {
-        Ok(Authenticator {
+    ) -> Self {
+        Authenticator {
             users: users.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             allow_anonymous,
-            dummy: hash_password("ironbridge-dummy-password")?,
             slots: Arc::new(Semaphore::new(2)),
-        })
+        }
     }
 
     pub(crate) async fn check(&self, login: Option<(String, String)>) -> AuthOutcome {
@@ -88,7 +92,8 @@ impl Authenticator {
         };
         let (phc, known) = match self.users.get(&user) {
             Some(h) => (h.clone(), true),
-            None => (self.dummy.clone(), false),
+            // Checked all the same, so that response time does not reveal user names.
+            None => (DUMMY_PHC.to_string(), false),
         };
         let Ok(_permit) = self.slots.acquire().await else {
             return AuthOutcome::BadCredentials;
@@ -108,6 +113,23 @@ impl Authenticator {
 mod tests {
     use super::*;
 
+    /// The dummy must cost what a real check costs, or timing tells unknown names apart.
+    #[test]
+    fn dummy_hash_has_the_parameters_of_new_hashes() {
+        check_phc(DUMMY_PHC).expect("valid");
+        let fresh = hash_password("anything").expect("hash");
+        let params = |phc: &str| {
+            let h = PasswordHash::new(phc).expect("parse");
+            (
+                h.algorithm.to_string(),
+                h.version,
+                argon2::Params::try_from(&h).expect("params"),
+            )
+        };
+        assert_eq!(params(DUMMY_PHC), params(&fresh));
+        assert!(!verify_password(DUMMY_PHC, "ironbridge-dummy-password"));
+    }
+
     #[tokio::test]
     async fn hash_verify_and_anonymous() {
         let h = hash_password("s3cret").expect("hash");
@@ -115,7 +137,7 @@ mod tests {
         check_phc(&h).expect("valid");
         assert!(check_phc("s3cret").is_err());
         let users = [("plc".to_string(), h)].into_iter().collect();
-        let a = Authenticator::new(&users, false).expect("auth");
+        let a = Authenticator::new(&users, false);
         let login = |u: &str, p: &str| Some((u.to_string(), p.to_string()));
         assert_eq!(a.check(login("plc", "s3cret")).await, AuthOutcome::Accepted);
         assert_eq!(
@@ -127,7 +149,7 @@ mod tests {
             AuthOutcome::BadCredentials
         );
         assert_eq!(a.check(None).await, AuthOutcome::NotAuthorized);
-        let anon = Authenticator::new(&users, true).expect("auth");
+        let anon = Authenticator::new(&users, true);
         assert_eq!(anon.check(None).await, AuthOutcome::Accepted);
         assert_eq!(
             anon.check(login("plc", "wrong")).await,

@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
 
+pub(crate) use auth::DUMMY_PHC;
 pub use auth::{hash_password, verify_password};
 pub use clients::{ClientInfo, ClientRegistry};
 pub use config::{MqttConfig, RouterTuning, TlsListenerConfig};
@@ -181,7 +182,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
             "mqtt.users is empty and mqtt.allow_anonymous is false: every MQTT client will be refused"
         );
     }
-    let auth = auth::Authenticator::new(&config.users, config.allow_anonymous)?;
+    let auth = auth::Authenticator::new(&config.users, config.allow_anonymous);
     let internal = router::start(&config).await?;
     let stats = Arc::new(MqttStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);

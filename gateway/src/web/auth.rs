@@ -362,7 +362,6 @@ pub struct Auth {
     pub limiter: RateLimiter,
     hash_slots: Arc<Semaphore>,
     config: Arc<ConfigStore>,
-    dummy_hash: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -380,8 +379,6 @@ impl Auth {
             limiter: RateLimiter::default(),
             hash_slots: Arc::new(Semaphore::new(2)),
             config,
-            dummy_hash: crate::mqtt::hash_password("ironbridge-web-dummy")
-                .map_err(|e| AuthError::Internal(e.to_string()))?,
         };
         if auth.setup_required() {
             // Unambiguous characters, grouped for reading off a console.
@@ -516,7 +513,7 @@ impl Auth {
         let hash = found
             .as_ref()
             .map(|u| u.hash.clone())
-            .unwrap_or_else(|| self.dummy_hash.clone());
+            .unwrap_or_else(|| crate::mqtt::DUMMY_PHC.to_string());
         let ok = self.verify(hash, password.to_string()).await && found.is_some();
         match (ok, found) {
             (true, Some(user)) => {
