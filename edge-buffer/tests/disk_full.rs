@@ -39,6 +39,21 @@ fn mount_tmpfs(size: &str) -> Option<(tempfile::TempDir, Tmpfs)> {
     Some((holder, Tmpfs(mnt)))
 }
 
+/// Appends 300-byte records (offset-derived payloads) until one fails: (acknowledged, error).
+fn append_until_an_error(log: &Log) -> (u64, Error) {
+    let mut acked = 0u64;
+    loop {
+        match log
+            .append(&[Record::new(0, &payload_for(acked, 300))])
+            .and_then(|t| t.wait())
+        {
+            Ok(_) => acked += 1,
+            Err(e) => return (acked, e),
+        }
+        assert!(acked < 100_000, "never ran out of space");
+    }
+}
+
 #[test]
 fn enospc_is_a_typed_recoverable_error() {
     let Some((_holder, fs)) = mount_tmpfs("256k") else {
@@ -50,17 +65,7 @@ fn enospc_is_a_typed_recoverable_error() {
     let dir = mnt.join("buffer");
 
     let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
-    let mut acked = 0u64;
-    let err = loop {
-        match log
-            .append(&[Record::new(0, &payload_for(acked, 300))])
-            .and_then(|t| t.wait())
-        {
-            Ok(_) => acked += 1,
-            Err(e) => break e,
-        }
-        assert!(acked < 100_000, "never ran out of space");
-    };
+    let (acked, err) = append_until_an_error(&log);
     assert!(
         matches!(err, Error::DiskFull { .. }),
         "expected DiskFull, got {err}"
@@ -105,18 +110,11 @@ fn a_commit_on_a_full_file_system_releases_the_passed_segments() {
     let dir = fs.0.join("buffer");
     let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
     let mut reader = log.reader_for("uplink").unwrap();
-    let mut acked = 0u64;
-    loop {
-        match log
-            .append(&[Record::new(0, &payload_for(acked, 300))])
-            .and_then(|t| t.wait())
-        {
-            Ok(_) => acked += 1,
-            Err(Error::DiskFull { .. }) => break,
-            Err(e) => panic!("expected DiskFull, got {e}"),
-        }
-        assert!(acked < 100_000, "never ran out of space");
-    }
+    let (acked, err) = append_until_an_error(&log);
+    assert!(
+        matches!(err, Error::DiskFull { .. }),
+        "expected DiskFull, got {err}"
+    );
     // The consumer reads everything, then commits while the file system is full.
     let mut read = 0u64;
     loop {
