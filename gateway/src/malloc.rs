@@ -12,22 +12,11 @@
 //!
 //! Setting the threshold explicitly turns the dynamic adjustment off (mallopt(3)), so large
 //! buffers keep their own mappings and are returned to the kernel when freed. The cost is an
-//! `mmap`/`munmap` pair per large buffer, which the drain benchmark does not show.
-//!
-//! glibc also gives each thread that allocates its own arena, up to 8 per core: the tokio
-//! workers, blocking-pool threads, rumqttd's router, sled's and the buffer's threads. A
-//! catch-up (up to `batch_max_records` decoded records and their Kafka copies, ~20 MB with
-//! 100 B records) is spread over several arenas, and each keeps what fragmentation pins after
-//! it is freed: in a 6-minute soak with two one-minute outages RSS went 29 → 37 → 44 MB and
-//! stayed there. With two arenas it went back to 28–29 MB after each catch-up.
+//! `mmap`/`munmap` pair per large buffer; ingest and drain benchmarks showed no difference
+//! beyond their run-to-run noise.
 
 /// `M_MMAP_THRESHOLD`: glibc's own starting value, made fixed.
 pub const MMAP_THRESHOLD: usize = 128 * 1024;
-
-/// `M_ARENA_MAX`: all threads share two arenas. The busy allocators are the tokio workers
-/// (one per core); on a four-core box two of them may wait briefly for an arena's lock, which
-/// the ingest and drain benchmarks do not show on two cores.
-pub const ARENA_MAX: usize = 2;
 
 /// Whether to apply our settings: not when the operator tunes malloc through
 /// `GLIBC_TUNABLES` (e.g. `glibc.malloc.mmap_threshold=…` in the unit's environment).
@@ -47,12 +36,8 @@ pub fn configure() -> bool {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn apply() -> bool {
     // SAFETY: mallopt(3) only changes malloc's tuning parameters; it takes malloc's own lock
-    // and is safe to call at any time. The values are small positive constants.
-    unsafe {
-        let threshold = libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-        let arenas = libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX as libc::c_int);
-        threshold == 1 && arenas == 1
-    }
+    // and is safe to call at any time. The value is a small positive constant.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
