@@ -54,6 +54,14 @@ fn append_until_an_error(log: &Log) -> (u64, Error) {
     }
 }
 
+/// Appends the record for `offset` and waits until it is durable; its offsets.
+fn append_next(log: &Log, offset: u64) -> std::ops::Range<u64> {
+    log.append(&[Record::new(0, &payload_for(offset, 300))])
+        .unwrap()
+        .wait()
+        .unwrap()
+}
+
 #[test]
 fn enospc_is_a_typed_recoverable_error() {
     let Some((_holder, fs)) = mount_tmpfs("256k") else {
@@ -81,12 +89,7 @@ fn enospc_is_a_typed_recoverable_error() {
 
     // Space comes back: appends succeed again, offsets continue without a gap.
     std::fs::remove_file(mnt.join("filler")).unwrap();
-    let r = log
-        .append(&[Record::new(0, &payload_for(acked, 300))])
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(r, acked..acked + 1);
+    assert_eq!(append_next(&log, acked), acked..acked + 1);
     drop(log);
 
     let log = Log::open(&dir, small(FsyncPolicy::Always)).unwrap();
@@ -136,12 +139,7 @@ fn a_commit_on_a_full_file_system_releases_the_passed_segments() {
     );
     assert_eq!(log.cursor("uplink").unwrap(), Some(acked));
     // The space is back: appends succeed and continue the offsets.
-    let r = log
-        .append(&[Record::new(0, &payload_for(acked, 300))])
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(r, acked..acked + 1);
+    assert_eq!(append_next(&log, acked), acked..acked + 1);
     drop(reader);
     drop(log);
 
