@@ -589,12 +589,12 @@ impl Uplink {
                     }
                 }
             };
-            let mut timed_out = false;
+            let mut timed_out: u64 = 0;
             for (key, r) in results {
                 match r {
                     GroupResult::Done => {}
                     GroupResult::TimedOut(m) => {
-                        timed_out = true;
+                        timed_out += 1;
                         transient.get_or_insert(m);
                     }
                     GroupResult::TopicMissing(m) => {
@@ -628,14 +628,14 @@ impl Uplink {
                     }
                 }
             }
-            if timed_out {
+            if timed_out > 0 {
                 // rskafka finishes sending an abandoned request in the background; a new
                 // connection keeps the next, smaller request from queueing behind it (and a
                 // closed connection lets the broker drop a request it has not fully read).
                 self.session = None;
                 self.request_limit.shrink();
                 let limit = self.request_limit.get();
-                self.status.timed_out(limit);
+                self.status.timed_out(timed_out, limit);
                 info!(
                     request_limit_bytes = limit,
                     "uplink: a produce request timed out; sending smaller requests"

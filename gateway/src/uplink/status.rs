@@ -265,10 +265,10 @@ impl UplinkStatus {
         self.lock().snap.produce_requests += 1;
     }
 
-    /// A produce request timed out; requests are now limited to `limit` bytes.
-    pub(crate) fn timed_out(&self, limit: usize) {
+    /// `requests` produce requests timed out; requests are now limited to `limit` bytes.
+    pub(crate) fn timed_out(&self, requests: u64, limit: usize) {
         let mut g = self.lock();
-        g.snap.request_timeouts += 1;
+        g.snap.request_timeouts += requests;
         g.snap.request_limit_bytes = limit as u64;
     }
 
