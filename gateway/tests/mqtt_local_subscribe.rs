@@ -65,3 +65,94 @@ async fn local_subscriber_sees_clients_own_publishes_and_retained() {
         ("cmd/own", &b"self"[..])
     );
 }
+
+/// A client subscription through the front end, ready once its SUBACK arrived. Resolves
+/// `received` to whether a publish on the topic came before the connection ended.
+async fn v4_subscriber(port: u16, topic: &str) -> tokio::task::JoinHandle<bool> {
+    use rumqttc::{AsyncClient, Event as E, MqttOptions, Packet, QoS};
+    let (client, mut events) = AsyncClient::new(MqttOptions::new("sub-v4", "127.0.0.1", port), 16);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match events.poll().await.expect("v4 connection") {
+            E::Incoming(Packet::SubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(E::Incoming(Packet::Publish(_))) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+}
+
+async fn v5_subscriber(port: u16, topic: &str) -> tokio::task::JoinHandle<bool> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event as E, MqttOptions};
+    let (client, mut events) = AsyncClient::new(MqttOptions::new("sub-v5", "127.0.0.1", port), 16);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        match events.poll().await.expect("v5 connection") {
+            E::Incoming(Packet::SubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(E::Incoming(Packet::Publish(_))) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+}
+
+/// What the gateway publishes itself right before it stops (the edge node's NDEATH) reaches
+/// the connected subscribers: `publish` only queues it for the router thread, so `stop` waits
+/// for the router and each connection relays its queue before it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_delivers_the_last_local_publish_to_connected_subscribers() {
+    for round in 0..10 {
+        let b = start(MqttConfig {
+            allow_anonymous: true,
+            ..config()
+        })
+        .await;
+        let port = b.handle.tcp_addr().port();
+        let v4 = v4_subscriber(port, "last/words").await;
+        let v5 = v5_subscriber(port, "last/words").await;
+        b.handle
+            .publish(&Event {
+                topic: "last/words".into(),
+                payload: payload("bye"),
+                qos: 1,
+                ..Event::default()
+            })
+            .await
+            .expect("local publish");
+        b.handle.stop().await;
+        for (name, sub) in [("3.1.1", v4), ("5", v5)] {
+            let got = tokio::time::timeout(Duration::from_secs(10), sub)
+                .await
+                .expect("subscriber ends after stop")
+                .expect("subscriber task");
+            assert!(
+                got,
+                "round {round}: the MQTT {name} subscriber's connection closed before the last publish"
+            );
+        }
+    }
+}

@@ -10,6 +10,7 @@ use crate::event::Event;
 
 pub(crate) const CONNECT: u8 = 1;
 pub(crate) const PUBLISH: u8 = 3;
+pub(crate) const PINGRESP: u8 = 13;
 pub(crate) const DISCONNECT: u8 = 14;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

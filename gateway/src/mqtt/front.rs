@@ -29,6 +29,12 @@ use crate::event::Event;
 /// `CHUNKS_IN_FLIGHT × (READ_CHUNK + max packet)`.
 const CHUNKS_IN_FLIGHT: usize = 8;
 const READ_CHUNK: usize = 16 * 1024;
+/// On gateway shutdown a connection sends this PINGREQ to the router and relays the router's
+/// packets until the PINGRESP comes back, so what the router queued for the client before
+/// (e.g. the edge node's NDEATH) reaches it before the connection closes.
+const PINGREQ: [u8; 2] = [0xC0, 0x00];
+/// How long a closing connection waits for that PINGRESP.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
@@ -278,10 +284,14 @@ impl Front {
         tracing::debug!(%peer, client_id, ?version, ?user, "MQTT client connected");
 
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        // For the shutdown PINGREQ; dropped when the client's input ends, so that `forward`
+        // then sees the channel close.
+        let mut drain_tx = Some(tx.clone());
+        let (pongs_tx, mut pongs) = watch::channel(0u64);
         let disconnected = AtomicBool::new(false);
         let inbound = self.inbound(cr, buf, tx, version, &client_id, &disconnected);
         let forward = self.forward(rx, uw);
-        let outbound = copy_out(ur, cw, version, max_packet);
+        let outbound = copy_out(ur, cw, version, max_packet, &pongs_tx);
         tokio::pin!(inbound, forward, outbound);
         let mut shutdown = self.shutdown.clone();
         let mut inbound_done = false;
@@ -290,6 +300,7 @@ impl Front {
             tokio::select! {
                 r = &mut inbound, if !inbound_done => {
                     inbound_done = true;
+                    drain_tx = None;
                     if let Err(e) = r {
                         if !matches!(e, ConnError::Io(_)) {
                             MqttStats::inc(&self.stats.protocol_errors, 1);
@@ -298,17 +309,39 @@ impl Front {
                     }
                 }
                 r = &mut forward => {
-                    if let Err(e) = r {
-                        tracing::warn!(%peer, client_id, error = %e, "MQTT connection closed unacknowledged");
-                    } else {
-                        // Everything was handed over; let the last acks reach the client.
-                        let _ = timeout(Duration::from_secs(1), &mut outbound).await;
+                    match r {
+                        Err(e) => {
+                            tracing::warn!(%peer, client_id, error = %e, "MQTT connection closed unacknowledged");
+                        }
+                        Ok(mut uw) => {
+                            // After a DISCONNECT the router closes the connection itself. Closing
+                            // it from here as well can make rumqttd handle the disconnect twice,
+                            // and the second one drops whichever connection took over the
+                            // connection id meanwhile (see PUBACK.md).
+                            if !disconnected.load(Ordering::Relaxed) {
+                                let _ = uw.shutdown().await;
+                            }
+                            // Everything was handed over; let the last acks reach the client.
+                            let _ = timeout(Duration::from_secs(1), &mut outbound).await;
+                        }
                     }
                     break;
                 }
                 _ = &mut outbound => break,
                 _ = stopped(&mut shutdown) => {
                     stopping = true;
+                    if let Some(tx) = drain_tx.take() {
+                        let ping = Chunk {
+                            ticket: None,
+                            publishes: 0,
+                            bytes: Bytes::from_static(&PINGREQ),
+                            read_at: Instant::now(),
+                        };
+                        let drained = drain(tx, ping, &mut forward, &mut outbound, &mut pongs);
+                        if timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+                            tracing::debug!(%peer, client_id, "router queue not drained before close");
+                        }
+                    }
                     break;
                 }
             }
@@ -448,12 +481,13 @@ impl Front {
     }
 
     /// Hands queued client bytes to the router in order, each chunk only after its appends
-    /// are durable. Closing the write half tells the router the client left.
+    /// are durable. Returns the write half once the client's input ended: closing it tells
+    /// the router the client left.
     async fn forward<W: AsyncWrite + Unpin>(
         &self,
         mut rx: mpsc::Receiver<Chunk>,
         mut uw: W,
-    ) -> Result<(), ConnError> {
+    ) -> Result<W, ConnError> {
         while let Some(chunk) = rx.recv().await {
             if let Some(ticket) = chunk.ticket {
                 if let Err(e) = ticket.durable().await {
@@ -467,8 +501,43 @@ impl Front {
             }
             uw.write_all(&chunk.bytes).await?;
         }
-        uw.shutdown().await?;
-        Ok(())
+        Ok(uw)
+    }
+}
+
+/// Sends `ping` to the router behind the client's queued packets and relays the router's
+/// packets until a PINGRESP has been written to the client (or either direction ends).
+async fn drain<F, O>(
+    tx: mpsc::Sender<Chunk>,
+    ping: Chunk,
+    forward: &mut std::pin::Pin<&mut F>,
+    outbound: &mut std::pin::Pin<&mut O>,
+    pongs: &mut watch::Receiver<u64>,
+) where
+    F: std::future::Future,
+    O: std::future::Future,
+{
+    let send = tx.send(ping);
+    tokio::pin!(send);
+    let mut sent = false;
+    loop {
+        tokio::select! {
+            r = &mut send, if !sent => {
+                if r.is_err() {
+                    return;
+                }
+                sent = true;
+                // PINGRESPs relayed so far answered the client's own pings.
+                pongs.mark_unchanged();
+            }
+            r = pongs.changed(), if sent => {
+                let _ = r;
+                return;
+            }
+            // `forward` only ends on an error here (the channel is still open).
+            _ = forward.as_mut() => return,
+            _ = outbound.as_mut() => return,
+        }
     }
 }
 
@@ -498,24 +567,39 @@ async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Router → client: byte for byte to MQTT 5 clients, translated for 3.1.1 clients (flushing
-/// after each read, for TLS).
+/// Router → client: whole packets, byte for byte to MQTT 5 clients, translated for 3.1.1
+/// clients (flushing after each read, for TLS). Counts the PINGRESPs written in `pongs`.
 async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut r: R,
     mut w: W,
     version: Version,
     max_packet: usize,
+    pongs: &watch::Sender<u64>,
 ) -> Result<(), ConnError> {
+    // The router's packets to one subscriber; a little above the client limit.
+    let max = max_packet + 4096;
     let mut inb = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::new();
     loop {
         let mut open = true;
+        let mut pingresps = 0u64;
         match version {
-            Version::V5 => out = inb.split(),
+            Version::V5 => {
+                let mut end = 0;
+                while let Some(n) = codec::frame_len(&inb[end..], max)? {
+                    if codec::packet_type(&inb[end..]) == codec::PINGRESP {
+                        pingresps += 1;
+                    }
+                    end += n;
+                }
+                out = inb.split_to(end);
+            }
             Version::V4 => {
-                // The router's packets to one subscriber; a little above the client limit.
-                while let Some(n) = codec::frame_len(&inb, max_packet + 4096)? {
+                while let Some(n) = codec::frame_len(&inb, max)? {
                     let frame = inb.split_to(n);
+                    if codec::packet_type(&frame) == codec::PINGRESP {
+                        pingresps += 1;
+                    }
                     if !codec::v5_to_v4(&frame, &mut out)? {
                         open = false;
                         break;
@@ -527,6 +611,9 @@ async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             w.write_all(&out).await?;
             w.flush().await?;
             out.clear();
+        }
+        if pingresps > 0 {
+            pongs.send_modify(|n| *n += pingresps);
         }
         if !open {
             let _ = w.shutdown().await;

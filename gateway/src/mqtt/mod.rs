@@ -27,11 +27,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use edge_buffer::{Log, Record};
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish, PublishProperties};
+use rumqttd::protocol::{Packet, PingReq, Publish, PublishProperties};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -78,7 +79,7 @@ pub struct BrokerHandle {
     accept_loops: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<()>>,
     local_tx: Mutex<LinkTx>,
-    _local_rx: LinkRx,
+    local_rx: LinkRx,
     links: router::LinkFactory,
 }
 
@@ -217,7 +218,7 @@ pub async fn start(config: MqttConfig, log: Arc<Log>) -> Result<BrokerHandle, Mq
         accept_loops,
         servers: internal.servers,
         local_tx: Mutex::new(local_tx),
-        _local_rx: local_rx,
+        local_rx,
         links: internal.links,
     })
 }
@@ -296,7 +297,14 @@ impl BrokerHandle {
 
     /// Stops accepting, closes client connections (waiting up to 5 s for them) and the
     /// internal listeners. rumqttd's router thread cannot be stopped and stays parked.
+    /// What in-process components published before (the edge node's NDEATH) is delivered to
+    /// the connected clients first, within about 2 s.
     pub async fn stop(mut self) {
+        match tokio::time::timeout(Duration::from_secs(1), self.settle()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "MQTT router not settled before stop"),
+            Err(_) => tracing::warn!("MQTT router not settled within 1 s before stop"),
+        }
         let _ = self.shutdown.send(true);
         for h in self.accept_loops.drain(..) {
             let _ = h.await;
@@ -305,6 +313,37 @@ impl BrokerHandle {
             h.abort();
         }
         tracing::info!(tcp_addr = %self.tcp_addr, "MQTT endpoint stopped");
+    }
+}
+
+impl BrokerHandle {
+    /// Waits until the router has handed every publish sent on the local link to its
+    /// subscribers' connections. [`BrokerHandle::publish`] returns once a packet is queued for
+    /// the router thread, not when it was routed. The router handles a link's packets in order
+    /// and finishes a scheduling pass (which moves routed data to the subscribers' connections)
+    /// before it reads new events, so two PINGREQ round trips on the local link are a barrier.
+    /// Each client connection then drains its own queue with a PINGREQ as it closes.
+    async fn settle(&mut self) -> Result<(), MqttError> {
+        let router = |e: rumqttd::local::LinkError| MqttError::Router(format!("local link: {e}"));
+        for _ in 0..2 {
+            self.local_tx
+                .get_mut()
+                .send(Packet::PingReq(PingReq))
+                .await
+                .map_err(router)?;
+            // The local link subscribes to nothing and publishes at QoS 0: the only ack it
+            // gets is the PINGRESP.
+            loop {
+                match self.local_rx.next().await.map_err(router)? {
+                    Some(rumqttd::Notification::DeviceAck(_)) => break,
+                    Some(rumqttd::Notification::Unschedule) => {
+                        self.local_rx.wake().await.map_err(router)?
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 }
 
