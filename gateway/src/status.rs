@@ -425,6 +425,12 @@ impl GatewayStatus {
             &one(m.auth_failures),
         );
         metric(
+            "mqtt_unacked_limit_waits_total",
+            "counter",
+            "Times reading from an MQTT client paused at max_unacked_per_client.",
+            &one(m.unacked_limit_waits),
+        );
+        metric(
             "mqtt_protocol_errors_total",
             "counter",
             "Malformed MQTT packets (connection closed, daemon unaffected).",

@@ -279,3 +279,56 @@ async fn keep_alive_zero_is_served() {
     );
     b.handle.stop().await;
 }
+
+/// `max_unacked_per_client`: a client that sends many QoS 1 publishes at once is read no
+/// further while that many wait for their PUBACK, and reading resumes as the acks go out:
+/// every publish is acknowledged, in order, nothing stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_limit_pauses_reading_and_loses_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = start(ironbridge::mqtt::MqttConfig {
+        allow_anonymous: true,
+        max_unacked_per_client: 4,
+        ..config()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(b.handle.tcp_addr())
+        .await
+        .expect("connect");
+    // CONNECT 3.1.1, clean session, keep-alive 60, client id "ua0".
+    s.write_all(&[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'u', b'a', b'0',
+    ])
+    .await
+    .expect("connect packet");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.expect("connack");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    const N: u16 = 300;
+    for round in 0..2u16 {
+        // N publishes in one write: QoS 1, topic "ua/0", packet ids from 1, payload "z".
+        let mut burst = Vec::new();
+        for i in 0..N {
+            let id = (round * N + i + 1).to_be_bytes();
+            burst.extend_from_slice(&[0x32, 9, 0, 4, b'u', b'a', b'/', b'0', id[0], id[1], b'z']);
+        }
+        s.write_all(&burst).await.expect("publishes");
+        let mut acks = vec![0u8; 4 * N as usize];
+        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut acks))
+            .await
+            .expect("every publish acknowledged in time")
+            .expect("pubacks");
+        for (i, ack) in acks.chunks(4).enumerate() {
+            let id = (round * N + i as u16 + 1).to_be_bytes();
+            assert_eq!(ack, [0x40, 2, id[0], id[1]], "round {round}, ack {i}");
+        }
+    }
+    let events = read_events(&b.log, 2 * N as usize, Duration::from_secs(10)).await;
+    assert_eq!(events.len(), 2 * N as usize);
+    let waits = b.handle.stats().snapshot().unacked_limit_waits;
+    assert!(
+        waits >= 2,
+        "reading never paused at the limit ({waits} waits)"
+    );
+    b.handle.stop().await;
+}

@@ -10,6 +10,8 @@ use crate::event::Event;
 
 pub(crate) const CONNECT: u8 = 1;
 pub(crate) const PUBLISH: u8 = 3;
+pub(crate) const PUBACK: u8 = 4;
+pub(crate) const PUBREC: u8 = 5;
 pub(crate) const PINGRESP: u8 = 13;
 pub(crate) const DISCONNECT: u8 = 14;
 

@@ -25,6 +25,11 @@ pub struct MqttConfig {
     pub max_payload_bytes: usize,
     /// Client connections served at once; one more gets CONNACK "server unavailable/busy".
     pub max_connections: usize,
+    /// QoS 1/2 publishes of one client that may wait for their PUBACK/PUBREC. At the limit
+    /// the gateway stops reading from that client until acknowledgements went out (what
+    /// MQTT 5 calls receive maximum). Bounds the router's per-client acknowledgement queue
+    /// whatever the client sends.
+    pub max_unacked_per_client: usize,
     /// Time a new connection has to complete TLS and send CONNECT.
     pub connect_timeout_ms: u64,
     pub router: RouterTuning,
@@ -69,6 +74,7 @@ impl Default for MqttConfig {
             users: BTreeMap::new(),
             max_payload_bytes: 1 << 20,
             max_connections: 512,
+            max_unacked_per_client: 512,
             connect_timeout_ms: 10_000,
             router: RouterTuning::default(),
         }
@@ -110,6 +116,12 @@ impl MqttConfig {
         }
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1".into()));
+        }
+        if self.max_unacked_per_client == 0 || self.max_unacked_per_client > 65_535 {
+            return Err(bad(
+                "max_unacked_per_client",
+                "must be between 1 and 65535".into(),
+            ));
         }
         if self.connect_timeout_ms == 0 || self.connect_timeout_ms > 65_000 {
             return Err(bad(

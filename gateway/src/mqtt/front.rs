@@ -6,14 +6,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use edge_buffer::{AppendTicket, Error as BufError, Log, Record};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -55,6 +55,60 @@ enum ConnError {
     Append(#[from] BufError),
     #[error("event encoding: {0}")]
     Encode(#[from] crate::event::EncodeError),
+}
+
+/// QoS 1/2 publishes of one connection forwarded to the router and not yet acknowledged to
+/// the client (see `MqttConfig::max_unacked_per_client`).
+struct Unacked {
+    count: AtomicUsize,
+    limit: usize,
+    acked: Notify,
+}
+
+impl Unacked {
+    fn new(limit: usize) -> Unacked {
+        Unacked {
+            count: AtomicUsize::new(0),
+            limit,
+            acked: Notify::new(),
+        }
+    }
+
+    fn sent(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn acked(&self, n: usize) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(n))
+            });
+        self.acked.notify_waiters();
+    }
+
+    /// Waits until the count is below the limit; whether it had to wait.
+    async fn below_limit(&self) -> bool {
+        let mut waited = false;
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Relaxed) < self.limit {
+                return waited;
+            }
+            waited = true;
+            notified.await;
+        }
+    }
+}
+
+/// What [`Front::inbound`] needs to know of its connection.
+struct ClientIn<'a> {
+    version: Version,
+    client_id: &'a str,
+    disconnected: &'a AtomicBool,
+    unacked: &'a Unacked,
 }
 
 /// Bytes read from a client, forwarded once `ticket` (its publishes' append) is durable.
@@ -289,9 +343,16 @@ impl Front {
         let mut drain_tx = Some(tx.clone());
         let (pongs_tx, mut pongs) = watch::channel(0u64);
         let disconnected = AtomicBool::new(false);
-        let inbound = self.inbound(cr, buf, tx, version, &client_id, &disconnected);
+        let unacked = Unacked::new(self.cfg.max_unacked_per_client);
+        let client = ClientIn {
+            version,
+            client_id: &client_id,
+            disconnected: &disconnected,
+            unacked: &unacked,
+        };
+        let inbound = self.inbound(cr, buf, tx, client);
         let forward = self.forward(rx, uw);
-        let outbound = copy_out(ur, cw, version, max_packet, &pongs_tx);
+        let outbound = copy_out(ur, cw, version, max_packet, &pongs_tx, &unacked);
         tokio::pin!(inbound, forward, outbound);
         let mut shutdown = self.shutdown.clone();
         let mut inbound_done = false;
@@ -386,10 +447,14 @@ impl Front {
         mut cr: R,
         mut buf: BytesMut,
         tx: mpsc::Sender<Chunk>,
-        version: Version,
-        client_id: &str,
-        disconnected: &AtomicBool,
+        client: ClientIn<'_>,
     ) -> Result<(), ConnError> {
+        let ClientIn {
+            version,
+            client_id,
+            disconnected,
+            unacked,
+        } = client;
         let max_packet = self.cfg.max_packet_bytes();
         let mut decoder = PublishDecoder::default();
         let mut encoded = Vec::new();
@@ -403,6 +468,7 @@ impl Front {
             let mut take = 0;
             let mut stop = false;
             let mut payload_bytes = 0u64;
+            let mut expect_acks = 0usize;
             while let Some(n) = codec::frame_len(&buf[take..], max_packet)? {
                 let frame = &buf[take..take + n];
                 match codec::packet_type(frame) {
@@ -415,6 +481,9 @@ impl Front {
                             self.cfg.max_payload_bytes,
                         )?;
                         payload_bytes += ev.payload.len() as u64;
+                        if ev.qos > 0 {
+                            expect_acks += 1;
+                        }
                         let start = encoded.len();
                         ev.encode(&mut encoded)?;
                         spans.push((start, encoded.len()));
@@ -465,12 +534,16 @@ impl Front {
                     bytes,
                     read_at,
                 };
+                unacked.sent(expect_acks);
                 if tx.send(chunk).await.is_err() {
                     return Ok(());
                 }
             }
             if stop {
                 return Ok(());
+            }
+            if unacked.below_limit().await {
+                MqttStats::inc(&self.stats.unacked_limit_waits, 1);
             }
             buf.reserve(READ_CHUNK);
             if cr.read_buf(&mut buf).await? == 0 {
@@ -568,13 +641,15 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Router → client: whole packets, byte for byte to MQTT 5 clients, translated for 3.1.1
-/// clients (flushing after each read, for TLS). Counts the PINGRESPs written in `pongs`.
+/// clients (flushing after each read, for TLS). Counts the PINGRESPs written in `pongs` and
+/// the PUBACKs/PUBRECs in `unacked`.
 async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut r: R,
     mut w: W,
     version: Version,
     max_packet: usize,
     pongs: &watch::Sender<u64>,
+    unacked: &Unacked,
 ) -> Result<(), ConnError> {
     // The router's packets to one subscriber; a little above the client limit.
     let max = max_packet + 4096;
@@ -583,13 +658,17 @@ async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         let mut open = true;
         let mut pingresps = 0u64;
+        let mut acks = 0usize;
+        let mut count = |packet_type: u8| match packet_type {
+            codec::PINGRESP => pingresps += 1,
+            codec::PUBACK | codec::PUBREC => acks += 1,
+            _ => {}
+        };
         match version {
             Version::V5 => {
                 let mut end = 0;
                 while let Some(n) = codec::frame_len(&inb[end..], max)? {
-                    if codec::packet_type(&inb[end..]) == codec::PINGRESP {
-                        pingresps += 1;
-                    }
+                    count(codec::packet_type(&inb[end..]));
                     end += n;
                 }
                 out = inb.split_to(end);
@@ -597,9 +676,7 @@ async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             Version::V4 => {
                 while let Some(n) = codec::frame_len(&inb, max)? {
                     let frame = inb.split_to(n);
-                    if codec::packet_type(&frame) == codec::PINGRESP {
-                        pingresps += 1;
-                    }
+                    count(codec::packet_type(&frame));
                     if !codec::v5_to_v4(&frame, &mut out)? {
                         open = false;
                         break;
@@ -611,6 +688,9 @@ async fn copy_out<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             w.write_all(&out).await?;
             w.flush().await?;
             out.clear();
+        }
+        if acks > 0 {
+            unacked.acked(acks);
         }
         if pingresps > 0 {
             pongs.send_modify(|n| *n += pingresps);

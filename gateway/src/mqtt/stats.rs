@@ -27,6 +27,9 @@ pub struct MqttStats {
     pub backpressure_waits: AtomicU64,
     /// Last-will messages written to the buffer when a client vanished.
     pub wills_recorded: AtomicU64,
+    /// Times reading from a client paused because `max_unacked_per_client` of its publishes
+    /// were waiting for their acknowledgement.
+    pub unacked_limit_waits: AtomicU64,
     /// Time from reading a publish to its durable append (what a QoS 1/2 client waits extra).
     pub durable_wait_micros_total: AtomicU64,
     pub durable_wait_micros_max: AtomicU64,
@@ -48,6 +51,7 @@ pub struct MqttStatsSnapshot {
     pub append_errors: u64,
     pub backpressure_waits: u64,
     pub wills_recorded: u64,
+    pub unacked_limit_waits: u64,
     pub durable_wait_micros_total: u64,
     pub durable_wait_micros_max: u64,
     pub durable_batches: u64,
@@ -68,6 +72,7 @@ impl MqttStats {
             append_errors: g(&self.append_errors),
             backpressure_waits: g(&self.backpressure_waits),
             wills_recorded: g(&self.wills_recorded),
+            unacked_limit_waits: g(&self.unacked_limit_waits),
             durable_wait_micros_total: g(&self.durable_wait_micros_total),
             durable_wait_micros_max: g(&self.durable_wait_micros_max),
             durable_batches: g(&self.durable_batches),
