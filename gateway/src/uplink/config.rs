@@ -51,7 +51,9 @@ pub struct UplinkConfig {
     pub tls: TlsConfig,
     pub sasl: Option<SaslConfig>,
     pub compression: CompressionCodec,
-    /// Most buffer records read into one batch.
+    /// Most buffer records read into one batch. A batch and its Kafka records (headers
+    /// included, about 1 KiB per record) stay in memory until every record is acknowledged,
+    /// and glibc keeps that memory for the next catch-up.
     pub batch_max_records: usize,
     /// Most payload bytes read into one batch (the batch holds at least one record).
     pub batch_max_bytes: usize,
@@ -100,7 +102,7 @@ impl Default for UplinkConfig {
             tls: TlsConfig::default(),
             sasl: None,
             compression: CompressionCodec::Lz4,
-            batch_max_records: 10_000,
+            batch_max_records: 2_000,
             batch_max_bytes: 1 << 20,
             linger_ms: 5,
             max_request_bytes: 1_000_000,
