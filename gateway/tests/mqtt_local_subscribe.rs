@@ -66,58 +66,31 @@ async fn local_subscriber_sees_clients_own_publishes_and_retained() {
     );
 }
 
-/// A client subscription through the front end, ready once its SUBACK arrived. Resolves
-/// `received` to whether a publish on the topic came before the connection ended.
-async fn v4_subscriber(port: u16, topic: &str) -> tokio::task::JoinHandle<bool> {
-    use rumqttc::{AsyncClient, Event as E, MqttOptions, Packet, QoS};
-    let (client, mut events) = AsyncClient::new(MqttOptions::new("sub-v4", "127.0.0.1", port), 16);
-    client
-        .subscribe(topic, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    loop {
-        match events.poll().await.expect("v4 connection") {
-            E::Incoming(Packet::SubAck(_)) => break,
-            _ => continue,
-        }
-    }
-    tokio::spawn(async move {
-        let _client = client;
+/// A client subscription through the front end (rumqttc's MQTT 3.1.1 or 5 client), ready
+/// once its SUBACK arrived. The task resolves to whether a publish came before the connection
+/// ended.
+macro_rules! subscriber {
+    ($port:expr, $topic:expr, $id:expr, $m:path, $qos:path, $packet:path) => {{
+        use $m::{AsyncClient, Event as E, MqttOptions};
+        use $packet as Packet;
+        let (client, mut events) = AsyncClient::new(MqttOptions::new($id, "127.0.0.1", $port), 16);
+        client.subscribe($topic, $qos).await.expect("subscribe");
         loop {
-            match events.poll().await {
-                Ok(E::Incoming(Packet::Publish(_))) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
+            if let E::Incoming(Packet::SubAck(_)) = events.poll().await.expect("connection") {
+                break;
             }
         }
-    })
-}
-
-async fn v5_subscriber(port: u16, topic: &str) -> tokio::task::JoinHandle<bool> {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event as E, MqttOptions};
-    let (client, mut events) = AsyncClient::new(MqttOptions::new("sub-v5", "127.0.0.1", port), 16);
-    client
-        .subscribe(topic, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    loop {
-        match events.poll().await.expect("v5 connection") {
-            E::Incoming(Packet::SubAck(_)) => break,
-            _ => continue,
-        }
-    }
-    tokio::spawn(async move {
-        let _client = client;
-        loop {
-            match events.poll().await {
-                Ok(E::Incoming(Packet::Publish(_))) => return true,
-                Ok(_) => continue,
-                Err(_) => return false,
+        tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match events.poll().await {
+                    Ok(E::Incoming(Packet::Publish(_))) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
             }
-        }
-    })
+        })
+    }};
 }
 
 /// What the gateway publishes itself right before it stops (the edge node's NDEATH) reaches
@@ -132,8 +105,22 @@ async fn stop_delivers_the_last_local_publish_to_connected_subscribers() {
         })
         .await;
         let port = b.handle.tcp_addr().port();
-        let v4 = v4_subscriber(port, "last/words").await;
-        let v5 = v5_subscriber(port, "last/words").await;
+        let v4 = subscriber!(
+            port,
+            "last/words",
+            "sub-v4",
+            rumqttc,
+            rumqttc::QoS::AtLeastOnce,
+            rumqttc::Packet
+        );
+        let v5 = subscriber!(
+            port,
+            "last/words",
+            "sub-v5",
+            rumqttc::v5,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            rumqttc::v5::mqttbytes::v5::Packet
+        );
         b.handle
             .publish(&Event {
                 topic: "last/words".into(),

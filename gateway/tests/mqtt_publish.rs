@@ -242,6 +242,27 @@ async fn local_publish_and_stop() {
     );
 }
 
+/// A hand-written MQTT 3.1.1 client: CONNECT (clean session, `keep_alive` s, a 3-byte client
+/// id), CONNACK checked.
+async fn raw_connect(
+    addr: std::net::SocketAddr,
+    keep_alive: u8,
+    id: [u8; 3],
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = [
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, keep_alive, 0, 3,
+    ];
+    s.write_all(&[&head[..], &id[..]].concat())
+        .await
+        .expect("connect packet");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.expect("connack");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    s
+}
+
 /// Keep-alive 0 ("no keep-alive", common on PLC clients) is legal MQTT; rumqttd alone drops
 /// such clients without CONNACK, the front end serves them. (mosquitto_pub refuses -k 0, so
 /// this client is hand-written.)
@@ -253,18 +274,7 @@ async fn keep_alive_zero_is_served() {
         ..config()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(b.handle.tcp_addr())
-        .await
-        .expect("connect");
-    // CONNECT 3.1.1, clean session, keep-alive 0, client id "ka0".
-    s.write_all(&[
-        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 3, b'k', b'a', b'0',
-    ])
-    .await
-    .expect("connect packet");
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await.expect("connack");
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut s = raw_connect(b.handle.tcp_addr(), 0, *b"ka0").await;
     // PUBLISH QoS 1, topic "ka/0", packet id 1, payload "z".
     s.write_all(&[0x32, 9, 0, 4, b'k', b'a', b'/', b'0', 0, 1, b'z'])
         .await
@@ -292,18 +302,7 @@ async fn unacked_limit_pauses_reading_and_loses_nothing() {
         ..config()
     })
     .await;
-    let mut s = tokio::net::TcpStream::connect(b.handle.tcp_addr())
-        .await
-        .expect("connect");
-    // CONNECT 3.1.1, clean session, keep-alive 60, client id "ua0".
-    s.write_all(&[
-        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'u', b'a', b'0',
-    ])
-    .await
-    .expect("connect packet");
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).await.expect("connack");
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut s = raw_connect(b.handle.tcp_addr(), 60, *b"ua0").await;
     const N: u16 = 300;
     for round in 0..2u16 {
         // N publishes in one write: QoS 1, topic "ua/0", packet ids from 1, payload "z".
