@@ -428,14 +428,23 @@ impl Ingest {
         let mut trouble: Option<String> = None;
 
         // seq: NBIRTH restarts it; everything else but NDEATH must follow by one (mod 256).
+        // A seq above 255 is malformed and not used (found by fuzzing: it overflowed `last + 1`).
+        let seq = p.seq.filter(|&s| s <= 255);
+        if let (Some(s), None) = (p.seq, seq) {
+            inc(&self.status.malformed);
+            self.warn("seq_range", topic, &format!("seq {s} outside 0-255"));
+        }
         match message_type {
-            MessageType::NBirth => {
-                if let Some(s) = p.seq {
+            MessageType::NBirth => match seq {
+                Some(s) => {
                     self.seqs.insert(node_key.clone(), s);
                 }
-            }
+                None => {
+                    self.seqs.remove(&node_key);
+                }
+            },
             MessageType::NDeath => {}
-            _ => match (self.seqs.get(&node_key).copied(), p.seq) {
+            _ => match (self.seqs.get(&node_key).copied(), seq) {
                 (Some(last), Some(s)) => {
                     let expected = (last + 1) % 256;
                     if s != expected {
@@ -450,10 +459,11 @@ impl Ingest {
                 (None, Some(s)) => {
                     self.seqs.insert(node_key.clone(), s);
                 }
-                (_, None) => {
+                (_, None) if p.seq.is_none() => {
                     inc(&self.status.malformed);
                     self.warn("no_seq", topic, "message without seq");
                 }
+                (_, None) => {}
             },
         }
 
@@ -727,6 +737,12 @@ mod tests {
         assert!(s.nodes[0].online);
         assert_eq!(s.nodes[0].bd_seq, Some(3));
         assert_eq!(s.nodes[0].devices.get("d").map(|d| d.metrics), Some(1));
+        // A seq above 255 (fuzzing found u64::MAX after an NBIRTH with it) is malformed.
+        let malformed = status.snapshot().malformed;
+        assert_eq!(i.handle("spBv1.0/g/NBIRTH/n", &nbirth(u64::MAX)), None);
+        assert_eq!(i.handle("spBv1.0/g/DDATA/n/d", &ddata(u64::MAX, 10)), None);
+        assert_eq!(status.snapshot().malformed, malformed + 2);
+        assert_eq!(status.snapshot().seq_gaps, 2);
         // seq wraps 255 → 0 without a gap.
         assert_eq!(i.handle("spBv1.0/g/NBIRTH/n", &nbirth(254)), None);
         assert_eq!(i.handle("spBv1.0/g/DDATA/n/d", &ddata(255, 10)), None);
