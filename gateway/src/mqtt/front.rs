@@ -603,10 +603,7 @@ async fn drain<F, O>(
                 // PINGRESPs relayed so far answered the client's own pings.
                 pongs.mark_unchanged();
             }
-            r = pongs.changed(), if sent => {
-                let _ = r;
-                return;
-            }
+            _ = pongs.changed(), if sent => return,
             // `forward` only ends on an error here (the channel is still open).
             _ = forward.as_mut() => return,
             _ = outbound.as_mut() => return,
