@@ -89,6 +89,10 @@ impl Unacked {
 
     /// Waits until the count is below the limit; whether it had to wait.
     async fn below_limit(&self) -> bool {
+        // The usual case, checked before registering with `acked` (that takes its lock).
+        if self.count.load(Ordering::Relaxed) < self.limit {
+            return false;
+        }
         let mut waited = false;
         loop {
             let notified = self.acked.notified();
