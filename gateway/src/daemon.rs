@@ -361,13 +361,18 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     } else {
         None
     };
-    let sweeper = {
+    // Once a minute: expired web sessions go, and so do the free pages an uplink catch-up
+    // leaves inside malloc's arenas (see `malloc::trim`).
+    let housekeeping = {
         let auth = auth.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(60));
             loop {
                 t.tick().await;
                 auth.cleanup();
+                let started = std::time::Instant::now();
+                let released = crate::malloc::trim();
+                tracing::debug!(released, took = ?started.elapsed(), "malloc trim");
             }
         })
     };
@@ -572,7 +577,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     // Stop accepting, let in-flight work finish, sync the buffer — all within a bound.
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(store.current().gateway.shutdown_timeout_ms);
-    sweeper.abort();
+    housekeeping.abort();
     drop(ctx);
     let orderly = async {
         // The edge node publishes its NDEATH while the broker still runs.

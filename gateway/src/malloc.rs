@@ -14,6 +14,14 @@
 //! buffers keep their own mappings and are returned to the kernel when freed. The cost is an
 //! `mmap`/`munmap` pair per large buffer; ingest and drain benchmarks showed no difference
 //! beyond their run-to-run noise.
+//!
+//! Small allocations are the other half. An uplink catch-up builds and frees many small
+//! records per batch across the runtime's threads; glibc shrinks an arena only from its top,
+//! and one long-lived allocation above the freed space pins it. So each catch-up left a few
+//! MB resident for good (a 30-min soak: 20.8 MB before the first outage, 37.4 MB after the
+//! sixth). [`trim`] — `malloc_trim(0)`, which also releases whole free pages *inside* the
+//! arenas — runs once a minute from the daemon's housekeeping task; with it a 6-min soak's
+//! anonymous memory went 3.1 MB → 9.1 MB during a catch-up → 3.4 MB within the minute.
 
 /// `M_MMAP_THRESHOLD`: glibc's own starting value, made fixed.
 pub const MMAP_THRESHOLD: usize = 128 * 1024;
@@ -42,6 +50,21 @@ fn apply() -> bool {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn apply() -> bool {
+    false
+}
+
+/// Gives the free pages inside malloc's arenas back to the kernel (`malloc_trim(0)`).
+/// Returns whether any memory was released. It locks each arena in turn while it walks
+/// that arena's free lists, so call it now and then, not on a hot path.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim() -> bool {
+    // SAFETY: malloc_trim(3) takes each arena's lock and only releases free memory.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+/// Gives free memory back to the kernel; nothing to do off glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim() -> bool {
     false
 }
 
