@@ -5,13 +5,9 @@
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
-fn vm_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
+mod memory_common;
+
+use memory_common::vm_rss_kib;
 
 /// Allocates, touches and frees `bytes` on a fresh thread, like an argon2 check in the
 /// blocking pool.

@@ -4,13 +4,9 @@
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
-fn vm_rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
+mod memory_common;
+
+use memory_common::vm_rss_kib;
 
 const CHUNK: usize = 1024;
 const CHUNKS: usize = 16 * 1024;
