@@ -214,12 +214,14 @@ console="$work/console.log"
 
 say "booting qemu-system-aarch64 (mqtt 127.0.0.1:$mqtt_port, web 127.0.0.1:$web_port)"
 t_boot=$(date +%s.%N)
+# romfile= : the kernel boots directly, so the NIC needs no iPXE option ROM (efi-virtio.rom is in
+# ipxe-qemu, a Recommends that --no-install-recommends leaves out; without it qemu refuses to start).
 timeout --kill-after=10 "$limit" qemu-system-aarch64 -machine virt -cpu cortex-a57 -smp 2 -m 512 \
     -nographic -no-reboot \
     -kernel "$kernel" -initrd "$work/initramfs.gz" \
     -append "console=ttyAMA0 rdinit=/init panic=-1 quiet ironbridge_nonce=$nonce ironbridge_stop=$stop" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$mqtt_port-:1883,hostfwd=tcp:127.0.0.1:$web_port-:8443" \
-    -device virtio-net-pci,netdev=n0 \
+    -device virtio-net-pci,netdev=n0,romfile= \
     -drive "file=$work/data.img,if=none,format=raw,id=d0" -device virtio-blk-pci,drive=d0 \
     -device virtio-rng-pci \
     < /dev/null > "$console" 2>&1 &
