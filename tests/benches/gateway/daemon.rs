@@ -188,6 +188,11 @@ impl Daemon {
         proc_status_kb(self.pid, "VmRSS:").map(|kb| kb * 1024)
     }
 
+    /// The anonymous part of the resident set (heap, stacks): VmRSS less the mapped binary.
+    pub fn rss_anon(&self) -> Result<u64> {
+        proc_status_kb(self.pid, "RssAnon:").map(|kb| kb * 1024)
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log, 3000)
     }

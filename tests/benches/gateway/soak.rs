@@ -82,6 +82,8 @@ pub struct Sample {
     pub t_s: f64,
     pub acked: u64,
     pub rss_mb: f64,
+    /// Of `rss_mb`, the anonymous memory: what the heap holds, without the binary's pages.
+    pub rss_anon_mb: f64,
     pub fds: u64,
     pub backlog_records: u64,
     /// The gateway's own view of its delivery delay: age of the oldest record not yet in Kafka.
@@ -271,6 +273,7 @@ pub async fn run(bin: &Path, dir: &Path, spec: &SoakSpec, out_dir: &Path) -> Res
             t_s,
             acked: load.acked(),
             rss_mb: d.vm_rss()? as f64 / 1e6,
+            rss_anon_mb: d.rss_anon()? as f64 / 1e6,
             fds: open_fds(d.pid),
             backlog_records: num(&st, "/uplink/lag_records"),
             oldest_age_ms: num(&st, "/uplink/lag_oldest_age_ms") as f64,
@@ -331,15 +334,16 @@ pub async fn run(bin: &Path, dir: &Path, spec: &SoakSpec, out_dir: &Path) -> Res
 
 fn write_csv(path: &Path, samples: &[Sample]) -> Result<()> {
     let mut s = String::from(
-        "t_s,acked,rss_mb,fds,backlog_records,oldest_age_ms,buffer_mb,lat_p50_ms,lat_p99_ms,lat_max_ms,fetched,outage\n",
+        "t_s,acked,rss_mb,rss_anon_mb,fds,backlog_records,oldest_age_ms,buffer_mb,lat_p50_ms,lat_p99_ms,lat_max_ms,fetched,outage\n",
     );
     for x in samples {
         let _ = writeln!(
             s,
-            "{:.1},{},{:.2},{},{},{:.0},{:.2},{:.2},{:.2},{:.2},{},{}",
+            "{:.1},{},{:.2},{:.2},{},{},{:.0},{:.2},{:.2},{:.2},{:.2},{},{}",
             x.t_s,
             x.acked,
             x.rss_mb,
+            x.rss_anon_mb,
             x.fds,
             x.backlog_records,
             x.oldest_age_ms,
@@ -378,7 +382,14 @@ fn plot(
         (
             "RSS (MB)",
             false,
-            vec![("VmRSS", BLUE, Box::new(|s: &Sample| s.rss_mb))],
+            vec![
+                ("VmRSS", BLUE, Box::new(|s: &Sample| s.rss_mb)),
+                (
+                    "of it anonymous (heap)",
+                    CYAN,
+                    Box::new(|s: &Sample| s.rss_anon_mb),
+                ),
+            ],
         ),
         (
             "open file descriptors",
@@ -505,8 +516,9 @@ pub fn summary(r: &SoakResult, spec: &SoakSpec) -> String {
         out,
         "| series | after 1 min | end | peak |\n|---|---|---|---|"
     );
-    let rows: [(&str, Field); 4] = [
+    let rows: [(&str, Field); 5] = [
         ("RSS (MB)", Box::new(|s| s.rss_mb)),
+        ("of it anonymous (MB)", Box::new(|s| s.rss_anon_mb)),
         ("open fds", Box::new(|s| s.fds as f64)),
         (
             "backlog not in Kafka (k records)",
@@ -523,6 +535,28 @@ pub fn summary(r: &SoakResult, spec: &SoakSpec) -> String {
             peak(&f)
         );
     }
+    let floor_rows: [(&str, Field); 2] = [
+        ("RSS floor (MB)", Box::new(|s| s.rss_mb)),
+        ("anonymous floor (MB)", Box::new(|s| s.rss_anon_mb)),
+    ];
+    let _ = write!(out, "\n| between outages | before the first |");
+    for i in 1..=r.outages.len() {
+        let _ = write!(out, " after outage {i} |");
+    }
+    let _ = writeln!(out, "\n|---|---|{}", "---|".repeat(r.outages.len()));
+    for (name, f) in floor_rows {
+        let _ = write!(out, "| {name} |");
+        for v in floors(r, &f) {
+            let _ = write!(out, " {v:.1} |");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\nA floor is the lowest sample of a stretch: from 1 min in to the first outage, then from 90 s \
+         after each outage's start (its catch-up done) to the next one or the end. Memory an outage \
+         keeps for good makes this row climb; memory given back leaves it level."
+    );
     let _ = writeln!(
         out,
         "\n{} samples every {} s over {} min at {:.0} msg/s; {} outages ({}); {} records appended, \
@@ -544,4 +578,27 @@ pub fn summary(r: &SoakResult, spec: &SoakSpec) -> String {
         r.redelivered
     );
     out
+}
+
+/// The lowest value of `f` in each stretch between outages (see the summary's note).
+fn floors(r: &SoakResult, f: &Field) -> Vec<f64> {
+    let end = r.samples.last().map_or(0.0, |s| s.t_s + 1.0);
+    let mut stretches = Vec::new();
+    let mut from = 60.0;
+    for (start, _, _) in &r.outages {
+        stretches.push((from, *start));
+        from = start + 90.0;
+    }
+    stretches.push((from, end));
+    stretches
+        .into_iter()
+        .map(|(a, b)| {
+            r.samples
+                .iter()
+                .filter(|s| s.t_s >= a && s.t_s < b)
+                .map(f)
+                // f64::min ignores NaN, so an empty stretch stays NaN.
+                .fold(f64::NAN, f64::min)
+        })
+        .collect()
 }
