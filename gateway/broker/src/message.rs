@@ -34,7 +34,12 @@ pub struct SessionKey(pub u64);
 
 impl Message {
     /// A message with only topic, payload, QoS and retain set.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>, qos: QoS, retain: bool) -> Message {
+    pub fn new(
+        topic: impl Into<String>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Message {
         Message {
             topic: topic.into(),
             payload: payload.into(),

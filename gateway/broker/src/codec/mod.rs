@@ -3,7 +3,24 @@
 //! Why our own (docs/decisions/0001-mqtt-broker.md): one set of types for both versions,
 //! payloads as zero-copy `Bytes`, and strict validation of everything the specifications call
 //! malformed or a protocol error, each mapped to its MQTT 5 reason code.
+//!
+//! Left to the broker, which has the state for them: topic name and filter syntax, topic alias
+//! values (0, above the maximum), subscription identifiers on a client's PUBLISH, no-local on a
+//! shared subscription, and everything about packet identifiers beyond their being nonzero.
 
+mod decode;
+mod encode;
+mod error;
 mod packet;
+mod properties;
+mod read;
+mod spec;
 
+#[cfg(test)]
+mod tests;
+
+pub use decode::{Decoder, decode_packet};
+pub use encode::{encode, encoded_len};
+pub use error::{DecodeError, EncodeError};
 pub use packet::*;
+pub use spec::MAX_REMAINING_LENGTH;
