@@ -446,13 +446,8 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             issues.push(("log.level".into(), format!("not a valid filter: {e}")));
         }
-        if let Err(e) = self.mqtt.validate() {
-            issues.push(match e {
-                crate::mqtt::MqttError::Config { field, reason } => {
-                    (prefixed("mqtt", &field), reason)
-                }
-                other => ("mqtt".into(), other.to_string()),
-            });
+        for (field, reason) in self.mqtt.validate() {
+            issues.push((prefixed("mqtt", &field), reason));
         }
         if let Err(e) = self.kafka.validate() {
             issues.push((prefixed("kafka", &e.field), e.message));

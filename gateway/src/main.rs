@@ -87,12 +87,9 @@ fn demo_config_file(kafka: Option<String>) -> anyhow::Result<(Config, PathBuf)> 
 }
 
 fn init_logging(level: &str, format: LogFormat) {
-    // rumqttd (the internal router) logs ordinary client disconnects as errors, and rskafka logs
-    // every retry at info; our own components log what matters, so quiet them unless named.
+    // rskafka logs every retry at info; our own components log what matters, so quiet it
+    // unless named.
     let mut level = level.to_string();
-    if !level.contains("rumqttd") {
-        level.push_str(",rumqttd=off");
-    }
     if !level.contains("rskafka") {
         level.push_str(",rskafka=warn");
     }
@@ -239,7 +236,7 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
         .build()
         .context("starting the async runtime")?;
     let exit = rt.block_on(ironbridge::daemon::run(config, opts));
-    // Background tasks (e.g. rumqttd's router thread) must not outlive the runtime's sockets.
+    // Background tasks must not outlive the runtime's sockets.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     exit
 }

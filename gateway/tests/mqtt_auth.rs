@@ -130,5 +130,5 @@ async fn connection_limit_refuses_with_connack() {
     .await;
     let (ok, err) = attempt(&port, "mqttv311", None, "over").await;
     assert!(!ok && err.contains("unavailable"), "{err}");
-    assert_eq!(b.handle.stats().snapshot().connections_rejected, 1);
+    assert_eq!(b.handle.stats().snapshot().refused_max_connections, 1);
 }

@@ -1,6 +1,6 @@
 //! Measures when a QoS 1 PUBACK reaches the publisher relative to the durable append of the
-//! same message, for the gateway's front end and, for comparison, for a plain rumqttd with a
-//! local-link tap (the design the front end replaces). Numbers go to PUBACK.md.
+//! same message, for the gateway's broker (PUBACK.md has the figures, and those of the rumqttd
+//! local-link tap this design replaced).
 //!
 //! `cargo test -p ironbridge --test mqtt_puback_window -- --ignored --nocapture`
 
@@ -11,14 +11,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_buffer::{Log, Options, Record};
+use edge_buffer::Log;
 use ironbridge::mqtt::MqttConfig;
 use mqtt_common::*;
-use rumqttd::local::LinkBuilder;
-use rumqttd::protocol::v4::V4;
-use rumqttd::{
-    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -139,77 +134,4 @@ async fn puback_vs_durable_append() {
     .await;
     report("front end (ironbridge)", &acked, &seen);
     b.handle.stop().await;
-
-    // 2. Plain rumqttd + local-link tap appending every forward to a buffer.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = Arc::new(Log::open(dir.path(), Options::default()).expect("log"));
-    let router_tx = Router::new(
-        0,
-        RouterConfig {
-            max_connections: 10,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 4,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-    )
-    .spawn();
-    let (mut tap_tx, mut tap_rx, _) = LinkBuilder::new("tap", router_tx.clone())
-        .build()
-        .expect("tap link");
-    tap_tx.subscribe("#").expect("subscribe");
-    let seen = watch_durable(log.clone());
-    let tap_log = log.clone();
-    tokio::spawn(async move {
-        while let Ok(n) = tap_rx.next().await {
-            match n {
-                Some(Notification::Forward(f)) => {
-                    let _ = tap_log.append(&[Record::new(0, &f.publish.payload)]);
-                }
-                // Without this wake the link stops after ~200 messages.
-                Some(Notification::Unschedule) => {
-                    let _ = tap_rx.wake().await;
-                }
-                _ => {}
-            }
-        }
-    });
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr")
-    };
-    let settings = ServerSettings {
-        name: "plain".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: 5000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: false,
-        },
-    };
-    let mut server = Server::new(settings, router_tx, V4);
-    tokio::spawn(async move {
-        let _ = server.start(LinkType::Remote).await;
-    });
-    let mut acked = None;
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            acked = Some(publish_sequentially(addr).await);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let acked = acked.expect("plain rumqttd listening");
-    until("all durable", Duration::from_secs(10), || {
-        seen.lock().expect("lock").len() == N
-    })
-    .await;
-    report("plain rumqttd + local-link tap", &acked, &seen);
 }

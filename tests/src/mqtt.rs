@@ -361,3 +361,121 @@ impl Mosquitto {
         self.dir.path().join("mosquitto.log")
     }
 }
+
+/// How [`Mosquitto::start_with`] configures the reference broker.
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoOptions {
+    /// `(username, password)` pairs. When there are any, anonymous access is off and they go into a
+    /// password file made with `mosquitto_passwd -b`; otherwise anonymous access is on.
+    pub users: Vec<(String, String)>,
+    /// More global `mosquitto.conf` lines (written before the listener), e.g. `max_keepalive 60`.
+    pub extra_conf: String,
+}
+
+impl Mosquitto {
+    /// Starts a broker configured by `opts` on a free 127.0.0.1 port (no persistence, every other
+    /// setting at mosquitto's default) and waits until it accepts connections.
+    pub async fn start_with(opts: &MosquittoOptions) -> Result<Mosquitto> {
+        let dir = tempfile::Builder::new()
+            .prefix("ironbridge-mosquitto-")
+            .tempdir()?;
+        let port = free_port()?;
+        let addr = SocketAddr::from((LOCALHOST, port));
+        // Started as root, mosquitto would drop to the `mosquitto` user and could not read the
+        // password file in our 0700 temp dir; `user` is ignored when not root.
+        let mut text = String::from(
+            "user root\nper_listener_settings false\npersistence false\n\
+             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n",
+        );
+        if opts.users.is_empty() {
+            text.push_str("allow_anonymous true\n");
+        } else {
+            let file = dir.path().join("passwd");
+            for (i, (user, password)) in opts.users.iter().enumerate() {
+                let mut cmd = Command::new(mosquitto_passwd());
+                cmd.arg("-b");
+                if i == 0 {
+                    cmd.arg("-c");
+                }
+                cmd.arg(&file).arg(user).arg(password);
+                run(&mut cmd, Duration::from_secs(10)).await?;
+            }
+            text.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                file.display()
+            ));
+        }
+        text.push_str(&opts.extra_conf);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("listener {port} 127.0.0.1\n"));
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, text)?;
+        let log_path = dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(External::Mosquitto.path())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn mosquitto")?;
+        let mut m = Mosquitto {
+            child,
+            addr,
+            tls_port: None,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = m.child.try_wait()? {
+                bail!(
+                    "mosquitto exited during start ({status}):\n{}",
+                    log_tail(&log_path, 4000)
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(m);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "mosquitto on {addr} not ready:\n{}",
+                    log_tail(&log_path, 4000)
+                );
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `mosquitto -h`'s first line, e.g. `mosquitto version 2.0.11`.
+    pub async fn version() -> Result<String> {
+        let out = Command::new(External::Mosquitto.path())
+            .arg("-h")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("run mosquitto -h")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .find(|l| l.contains("version"))
+            .unwrap_or("mosquitto (version unknown)")
+            .trim()
+            .to_string())
+    }
+}
+
+/// `mosquitto_passwd` (Debian package `mosquitto`): next to `mosquitto_pub` or on `PATH`.
+fn mosquitto_passwd() -> PathBuf {
+    let beside = External::MosquittoClients
+        .path()
+        .with_file_name("mosquitto_passwd");
+    if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("mosquitto_passwd")
+    }
+}

@@ -57,7 +57,12 @@ pub struct Broker {
 pub(crate) struct SessionsFull;
 
 impl Broker {
-    pub(crate) fn new(cfg: MqttConfig, persistence: Arc<dyn Persistence>, acl: Acl) -> Arc<Broker> {
+    pub(crate) fn new(
+        cfg: MqttConfig,
+        persistence: Arc<dyn Persistence>,
+        acl: Acl,
+        stats: Arc<MqttStats>,
+    ) -> Arc<Broker> {
         let auth = Authenticator::new(
             &cfg.users,
             cfg.allow_anonymous,
@@ -73,7 +78,7 @@ impl Broker {
                 matched: Vec::new(),
             }),
             cfg,
-            stats: Arc::new(MqttStats::default()),
+            stats,
             persistence,
             acl,
             auth,
@@ -293,11 +298,11 @@ impl Broker {
         let mut st = self.lock();
         let st = &mut *st;
         for msg in messages {
-            if msg.retain {
-                if let Err(e) = st.retained.set(msg.clone()) {
-                    MqttStats::inc(&self.stats.retained_rejected, 1);
-                    tracing::debug!(topic = ?msg.topic, error = %e, "retained message refused");
-                }
+            if msg.retain
+                && let Err(e) = st.retained.set(msg.clone())
+            {
+                MqttStats::inc(&self.stats.retained_rejected, 1);
+                tracing::debug!(topic = ?msg.topic, error = %e, "retained message refused");
             }
             st.matched.clear();
             st.tree.matches(&msg.topic, &mut st.matched);

@@ -40,6 +40,10 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITER_QUEUE: usize = 64;
 /// A client that does not read what we send for this long is cut off.
 const WRITE_STALL: Duration = Duration::from_secs(60);
+/// How long a connection may take to acknowledge its last deliveries at shutdown.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(1);
+/// How long a socket refused for a connection limit may take to send its CONNECT.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
 /// Deliveries encoded per wake-up before the connection looks at its socket again.
 const DELIVERIES_PER_TURN: usize = 256;
 
@@ -71,7 +75,7 @@ struct Batch {
 
 /// Something that must wait for the batches before it.
 enum Deferred {
-    Send(Packet),
+    Send(Box<Packet>),
     Route(Arc<Message>),
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
@@ -130,12 +134,12 @@ where
                 )
                 .await;
             }
-            return close(tx, writer).await;
+            return end_refused(tx, writer, &mut rd).await;
         }
         Err(_) => {
             MqttStats::inc(&broker.stats.protocol_errors, 1);
             tracing::info!(%peer, "no MQTT CONNECT in time");
-            return close(tx, writer).await;
+            return end_refused(tx, writer, &mut rd).await;
         }
     };
     decoder.set_max_packet_size(broker.cfg.max_packet_bytes());
@@ -150,7 +154,7 @@ where
     if connect.properties.authentication_method.is_some() {
         MqttStats::inc(&broker.stats.connections_rejected, 1);
         refuse(reason::BAD_AUTHENTICATION_METHOD).await;
-        return close(tx, writer).await;
+        return end_refused(tx, writer, &mut rd).await;
     }
     let user = connect.username.clone();
     let account = broker.account(user.as_deref());
@@ -179,7 +183,7 @@ where
             }
             tracing::warn!(%peer, client_id = ?connect.client_id, user = ?user, ?outcome, "MQTT login refused");
             refuse(code).await;
-            return close(tx, writer).await;
+            return end_refused(tx, writer, &mut rd).await;
         }
     }
     let mut client_id = connect.client_id.clone();
@@ -190,7 +194,7 @@ where
         if protocol == Protocol::V311 && !connect.clean_start {
             MqttStats::inc(&broker.stats.connections_rejected, 1);
             refuse(reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-            return close(tx, writer).await;
+            return end_refused(tx, writer, &mut rd).await;
         }
         client_id = assign_client_id();
         assigned = Some(client_id.clone());
@@ -202,7 +206,7 @@ where
         MqttStats::inc(&broker.stats.connections_rejected, 1);
         tracing::warn!(%peer, client_id = ?client_id, user = ?u, "MQTT client id does not start with its user name");
         refuse(reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return close(tx, writer).await;
+        return end_refused(tx, writer, &mut rd).await;
     }
     // A will is a publish like any other: checked against the topic rules at CONNECT.
     let will = match &connect.will {
@@ -212,11 +216,11 @@ where
             {
                 MqttStats::inc(&broker.stats.protocol_errors, 1);
                 refuse(reason::TOPIC_NAME_INVALID).await;
-                return close(tx, writer).await;
+                return end_refused(tx, writer, &mut rd).await;
             }
             if !broker.allowed(user.as_deref(), &client_id, Action::Publish, &w.topic) {
                 refuse(reason::NOT_AUTHORIZED).await;
-                return close(tx, writer).await;
+                return end_refused(tx, writer, &mut rd).await;
             }
             let mut m = Message::new(w.topic.clone(), w.payload.clone(), w.qos, w.retain);
             m.payload_format_indicator = w.properties.payload_format_indicator;
@@ -255,7 +259,7 @@ where
             Protocol::V311 => reason::SERVER_UNAVAILABLE,
         })
         .await;
-        return close(tx, writer).await;
+        return end_refused(tx, writer, &mut rd).await;
     };
     let max_ka = broker.cfg.max_keep_alive_s;
     let keep_alive = if connect.keep_alive == 0 || connect.keep_alive > max_ka {
@@ -286,7 +290,7 @@ where
         .is_err()
     {
         broker.detach(&session, generation);
-        return close(tx, writer).await;
+        return end_refused(tx, writer, &mut rd).await;
     }
     let _connected = Gauge::up(&broker.stats.connections_current);
     MqttStats::inc(&broker.stats.connections_total, 1);
@@ -336,10 +340,60 @@ where
         last_packet: Instant::now(),
         writer_full: false,
     };
-    let end = conn.run(rd, buf, decoder, session_present).await;
+    let end = conn.run(&mut rd, buf, decoder, session_present).await;
     conn.finish(end, generation).await;
     let Connection { tx, .. } = conn;
     close(tx, writer).await;
+    linger(&mut rd).await;
+}
+
+/// Closes a connection that never got served: the refusal is written, then [`linger`].
+async fn end_refused<R: AsyncRead + Unpin>(
+    tx: mpsc::Sender<Bytes>,
+    writer: tokio::task::JoinHandle<()>,
+    rd: &mut R,
+) {
+    close(tx, writer).await;
+    linger(rd).await;
+}
+
+/// After our FIN, reads (and drops) what the client still sends until it closes too, briefly:
+/// closing a socket with unread input resets it, and a reset can destroy what we sent last
+/// (a DISCONNECT, the final deliveries) before the client reads it.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let mut sink = [0u8; 1024];
+    let _ = timeout(Duration::from_secs(1), async {
+        while let Ok(n) = rd.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Answers a socket over a connection limit: reads its CONNECT (briefly) to refuse it in its
+/// own protocol with `code` (3.1.1: "server unavailable"), then closes.
+pub(crate) async fn refuse<S>(stream: S, max_connect_bytes: usize, code: u8)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut decoder = Decoder::new(max_connect_bytes);
+    let read = read_connect(&mut rd, &mut buf, &mut decoder);
+    if let Ok(Ok(Some(c))) = timeout(REFUSAL_DEADLINE, read).await {
+        let p = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: code,
+            properties: ConnAckProperties::default(),
+        });
+        let mut out = BytesMut::new();
+        if codec::encode(&p, c.protocol, &mut out).is_ok() {
+            let _ = timeout(REFUSAL_DEADLINE, wr.write_all(&out)).await;
+        }
+    }
+    let _ = timeout(REFUSAL_DEADLINE, wr.shutdown()).await;
 }
 
 fn assign_client_id() -> String {
@@ -477,7 +531,7 @@ impl Connection {
 
     async fn run(
         &mut self,
-        mut rd: ReadHalf<impl AsyncRead + AsyncWrite + Send + Unpin>,
+        rd: &mut ReadHalf<impl AsyncRead + AsyncWrite + Send + Unpin>,
         mut buf: BytesMut,
         mut decoder: Decoder,
         session_present: bool,
@@ -492,6 +546,8 @@ impl Connection {
         // Bytes left over in `buf` after CONNECT are handled first.
         let mut pending_read = !buf.is_empty();
         let mut paused_logged = false;
+        let mut input_end: Option<End> = None;
+        let mut draining: Option<tokio::time::Instant> = None;
         loop {
             if pending_read {
                 pending_read = false;
@@ -499,7 +555,16 @@ impl Connection {
                     return e;
                 }
             }
-            let can_read = self.pipeline.len() < BATCHES_IN_FLIGHT
+            // The input ended: what was read before still completes (a DISCONNECT in it
+            // decides about the will), then the connection ends.
+            if let Some(end) = input_end.take_if(|_| self.pipeline.is_empty()) {
+                return end;
+            }
+            if draining.is_some() && self.pipeline.is_empty() && self.delivered_all() {
+                return End::Kicked(reason::SERVER_SHUTTING_DOWN);
+            }
+            let can_read = input_end.is_none()
+                && self.pipeline.len() < BATCHES_IN_FLIGHT
                 && (self.protocol() == Protocol::V5 || self.unacked < receive_max);
             if !can_read && !paused_logged && self.unacked >= receive_max {
                 paused_logged = true;
@@ -508,10 +573,20 @@ impl Connection {
             let deadline = tokio::time::Instant::from_std(self.last_packet + self.keep_alive);
             tokio::select! {
                 biased;
-                _ = kick.notify.notified() => {
-                    if let Some(r) = self.kick.reason() {
-                        return End::Kicked(r);
+                _ = kick.notify.notified() => match self.kick.reason() {
+                    // Shutdown: what is queued (the edge node's NDEATH) goes out first, and the
+                    // connection stays until the client acknowledged it (1 s at most).
+                    Some(reason::SERVER_SHUTTING_DOWN) if draining.is_none() => {
+                        draining = Some(tokio::time::Instant::now() + SHUTDOWN_DRAIN);
+                        if let Err(e) = self.deliver().await {
+                            return e;
+                        }
                     }
+                    Some(r) => return End::Kicked(r),
+                    None => {}
+                },
+                _ = sleep_until(draining.unwrap_or(deadline)), if draining.is_some() => {
+                    return End::Kicked(reason::SERVER_SHUTTING_DOWN);
                 }
                 Some((result, batch)) = self.pipeline.next(), if !self.pipeline.is_empty() => {
                     if let Err(e) = self.complete(result, batch).await {
@@ -532,7 +607,7 @@ impl Connection {
                     }
                 }
                 r = rd.read_buf(&mut buf), if can_read => match r {
-                    Ok(0) => return End::Closed { will: true },
+                    Ok(0) => input_end = Some(End::Closed { will: true }),
                     Ok(_) => {
                         self.last_packet = Instant::now();
                         if let Err(e) = self.handle_read(&mut buf, &mut decoder).await {
@@ -542,7 +617,7 @@ impl Connection {
                             buf.reserve(READ_CHUNK);
                         }
                     }
-                    Err(e) => return End::Io(e),
+                    Err(e) => input_end = Some(End::Io(e)),
                 },
                 _ = sleep_until(deadline) => return End::KeepAlive,
             }
@@ -640,39 +715,47 @@ impl Connection {
                             .lock()
                             .inflight
                             .insert(r.packet_id, Inflight::Released);
-                        batch.actions.push(Deferred::Send(Packet::PubRel(PubResp {
-                            packet_id: r.packet_id,
-                            ..PubResp::default()
-                        })));
+                        batch
+                            .actions
+                            .push(Deferred::Send(Box::new(Packet::PubRel(PubResp {
+                                packet_id: r.packet_id,
+                                ..PubResp::default()
+                            }))));
                     }
                 } else {
-                    batch.actions.push(Deferred::Send(Packet::PubRel(PubResp {
-                        packet_id: r.packet_id,
-                        reason: if v5 {
-                            reason::PACKET_IDENTIFIER_NOT_FOUND
-                        } else {
-                            0
-                        },
-                        ..PubResp::default()
-                    })));
+                    batch
+                        .actions
+                        .push(Deferred::Send(Box::new(Packet::PubRel(PubResp {
+                            packet_id: r.packet_id,
+                            reason: if v5 {
+                                reason::PACKET_IDENTIFIER_NOT_FOUND
+                            } else {
+                                0
+                            },
+                            ..PubResp::default()
+                        }))));
                 }
             }
             Packet::PubRel(r) => {
                 let known = self.session.lock().incoming_qos2.remove(&r.packet_id);
-                batch.actions.push(Deferred::Send(Packet::PubComp(PubResp {
-                    packet_id: r.packet_id,
-                    reason: if known || !v5 {
-                        0
-                    } else {
-                        reason::PACKET_IDENTIFIER_NOT_FOUND
-                    },
-                    ..PubResp::default()
-                })));
+                batch
+                    .actions
+                    .push(Deferred::Send(Box::new(Packet::PubComp(PubResp {
+                        packet_id: r.packet_id,
+                        reason: if known || !v5 {
+                            0
+                        } else {
+                            reason::PACKET_IDENTIFIER_NOT_FOUND
+                        },
+                        ..PubResp::default()
+                    }))));
             }
             Packet::PubComp(r) => self.acked(r.packet_id, true),
             Packet::Subscribe(s) => batch.actions.push(Deferred::Subscribe(s)),
             Packet::Unsubscribe(u) => batch.actions.push(Deferred::Unsubscribe(u)),
-            Packet::PingReq => batch.actions.push(Deferred::Send(Packet::PingResp)),
+            Packet::PingReq => batch
+                .actions
+                .push(Deferred::Send(Box::new(Packet::PingResp))),
             Packet::Disconnect(d) => {
                 if let Some(e) = d.session_expiry_interval {
                     // Zero at CONNECT cannot become non-zero at DISCONNECT [MQTT-3.14.2-2].
@@ -788,7 +871,9 @@ impl Connection {
             && let Some(id) = p.packet_id
             && self.session.lock().incoming_qos2.contains(&id)
         {
-            batch.actions.extend(ack(0).map(Deferred::Send));
+            batch
+                .actions
+                .extend(ack(0).map(|p| Deferred::Send(Box::new(p))));
             return Ok(());
         }
         if !self.broker.allowed(
@@ -804,7 +889,7 @@ impl Connection {
             }
             batch
                 .actions
-                .extend(ack(reason::NOT_AUTHORIZED).map(Deferred::Send));
+                .extend(ack(reason::NOT_AUTHORIZED).map(|p| Deferred::Send(Box::new(p))));
             return Ok(());
         }
         if v5
@@ -819,7 +904,7 @@ impl Connection {
             }
             batch
                 .actions
-                .extend(ack(reason::PAYLOAD_FORMAT_INVALID).map(Deferred::Send));
+                .extend(ack(reason::PAYLOAD_FORMAT_INVALID).map(|p| Deferred::Send(Box::new(p))));
             return Ok(());
         }
         let props = std::mem::take(&mut p.properties);
@@ -844,8 +929,16 @@ impl Connection {
         {
             self.session.lock().incoming_qos2.insert(id);
         }
-        batch.actions.extend(ack(0).map(Deferred::Send));
+        batch
+            .actions
+            .extend(ack(0).map(|p| Deferred::Send(Box::new(p))));
         Ok(())
+    }
+
+    /// Nothing queued for the client and nothing waiting for its acknowledgement.
+    fn delivered_all(&self) -> bool {
+        let s = self.session.lock();
+        s.queue.is_empty() && s.inflight.is_empty()
     }
 
     /// A PUBACK/PUBCOMP (or refusing PUBREC) for an outbound message.
@@ -1118,10 +1211,6 @@ impl Connection {
                 (true, Some((reason::UNSPECIFIED_ERROR, None)))
             }
         };
-        if matches!(end, End::Kicked(c) if c == reason::SERVER_SHUTTING_DOWN) {
-            // What was queued before the shutdown (the edge node's NDEATH) goes out first.
-            let _ = self.deliver().await;
-        }
         if v5 && let Some((code, why)) = disconnect {
             let _ = self
                 .send(&Packet::Disconnect(Disconnect {

@@ -20,9 +20,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), ironbridge_broker::BrokerError> {
 //! use std::sync::Arc;
-//! use ironbridge_broker::{MqttConfig, NoPersistence, start};
-//! let config = MqttConfig { allow_anonymous: true, listen: "127.0.0.1:0".parse().unwrap(), ..MqttConfig::default() };
-//! let broker = start(config, Arc::new(NoPersistence)).await?;
+//! use ironbridge_broker::{MqttConfig, MqttStats, NoPersistence, start};
+//! let config = MqttConfig { allow_anonymous: true, listen: ([127, 0, 0, 1], 0).into(), ..MqttConfig::default() };
+//! let broker = start(config, Arc::new(NoPersistence), Arc::new(MqttStats::default())).await?;
 //! let mut sub = broker.subscribe(&["plant/#"])?;
 //! let msg = sub.next().await; // a network client's publish to plant/...
 //! # let _ = msg; Ok(()) }
@@ -100,9 +100,11 @@ pub struct BrokerHandle {
 }
 
 /// Binds the listeners (an error, not a panic, if a port is taken) and starts serving.
+/// `stats` receives the broker's counters (shared with the persistence hook's own).
 pub async fn start(
     config: MqttConfig,
     persistence: Arc<dyn Persistence>,
+    stats: Arc<MqttStats>,
 ) -> Result<BrokerHandle, BrokerError> {
     if let Some((field, reason)) = config.validate().into_iter().next() {
         return Err(BrokerError::Config { field, reason });
@@ -135,7 +137,7 @@ pub async fn start(
         );
     }
     let slots = Arc::new(Semaphore::new(config.max_connections));
-    let broker = Broker::new(config, persistence, acl);
+    let broker = Broker::new(config, persistence, acl, stats);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(listener::accept_loop(
         broker.clone(),

@@ -13,12 +13,16 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::broker::Broker;
+use crate::codec::reason;
 use crate::stats::{Gauge, MqttStats};
 
 /// How often a silent peer's TCP connection is probed (half-open sockets are found within
 /// about `KEEPALIVE_IDLE + 3 × KEEPALIVE_INTERVAL`).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Sockets over a limit that are answered with a refusing CONNACK at once; beyond these
+/// they are closed without one (a flood cannot make refusals cost more than this).
+const REFUSALS_AT_ONCE: usize = 16;
 
 /// Accepts sockets until `shutdown`; then waits up to 5 s for its connections to end.
 pub(crate) async fn accept_loop(
@@ -29,6 +33,7 @@ pub(crate) async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let overflow = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
@@ -38,13 +43,13 @@ pub(crate) async fn accept_loop(
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         MqttStats::inc(&broker.stats.refused_max_connections, 1);
                         tracing::debug!(%peer, max = broker.cfg.max_connections, "MQTT socket refused: mqtt.max_connections open");
-                        drop(sock);
+                        refuse(&broker, &overflow, &mut conns, sock, tls.clone(), reason::SERVER_BUSY);
                         continue;
                     };
                     let Some(address) = broker.reserve_address(peer.ip()) else {
                         MqttStats::inc(&broker.stats.refused_per_address, 1);
                         tracing::debug!(%peer, max = broker.cfg.max_connections_per_address, "MQTT socket refused: mqtt.max_connections_per_address open");
-                        drop(sock);
+                        refuse(&broker, &overflow, &mut conns, sock, tls.clone(), reason::QUOTA_EXCEEDED);
                         continue;
                     };
                     tune(&sock);
@@ -71,6 +76,33 @@ pub(crate) async fn accept_loop(
     })
     .await;
     conns.abort_all();
+}
+
+/// Refuses a socket over a limit with a CONNACK where a refusal slot is free (so the client
+/// learns why), or closes it at once.
+fn refuse(
+    broker: &Arc<Broker>,
+    overflow: &Arc<Semaphore>,
+    conns: &mut JoinSet<()>,
+    sock: TcpStream,
+    tls: Option<TlsAcceptor>,
+    code: u8,
+) {
+    let Ok(permit) = overflow.clone().try_acquire_owned() else {
+        return;
+    };
+    let max = broker.cfg.max_connect_bytes.min(4096);
+    conns.spawn(async move {
+        let _permit = permit;
+        match tls {
+            None => crate::connection::refuse(sock, max, code).await,
+            Some(acceptor) => {
+                if let Ok(Ok(s)) = timeout(Duration::from_secs(2), acceptor.accept(sock)).await {
+                    crate::connection::refuse(s, max, code).await;
+                }
+            }
+        }
+    });
 }
 
 fn tune(sock: &TcpStream) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironbridge_broker::{BrokerHandle, Message, MqttConfig, NoPersistence, QoS, start};
+use ironbridge_broker::{BrokerHandle, Message, MqttConfig, MqttStats, NoPersistence, QoS, start};
 
 async fn broker() -> BrokerHandle {
     let config = MqttConfig {
@@ -11,7 +11,13 @@ async fn broker() -> BrokerHandle {
         allow_anonymous: true,
         ..MqttConfig::default()
     };
-    start(config, Arc::new(NoPersistence)).await.expect("start")
+    start(
+        config,
+        Arc::new(NoPersistence),
+        Arc::new(MqttStats::default()),
+    )
+    .await
+    .expect("start")
 }
 
 async fn within<F: std::future::Future>(f: F) -> F::Output {

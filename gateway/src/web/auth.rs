@@ -426,9 +426,11 @@ impl Auth {
         let Ok(_permit) = self.hash_slots.acquire().await else {
             return false;
         };
-        tokio::task::spawn_blocking(move || crate::mqtt::verify_password(&hash, &password))
-            .await
-            .unwrap_or(false)
+        tokio::task::spawn_blocking(move || {
+            crate::mqtt::verify_password(&hash, password.as_bytes())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     async fn hash(&self, password: &str) -> Result<String, AuthError> {

@@ -25,10 +25,20 @@ impl TestBroker {
     }
 }
 
-/// A config listening on a free loopback port.
+/// A config listening on a free loopback port, with topic rules that also grant the topics
+/// closed by default (Sparkplug commands and host state, `$custom/...`), so these tests can
+/// publish them. The default rules have their own tests (ACL suite).
 pub fn config() -> MqttConfig {
+    let rule: ironbridge_broker::acl::AclRule = serde_json::from_value(serde_json::json!({
+        "users": ["*", "$anonymous"],
+        "action": "all",
+        "permission": "allow",
+        "topics": ["#", "spBv1.0/STATE/#", "spBv1.0/+/NCMD/#", "spBv1.0/+/DCMD/#", "$custom/#"],
+    }))
+    .expect("rule");
     MqttConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
+        acl: vec![rule],
         ..MqttConfig::default()
     }
 }

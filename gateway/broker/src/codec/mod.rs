@@ -4,9 +4,11 @@
 //! payloads as zero-copy `Bytes`, and strict validation of everything the specifications call
 //! malformed or a protocol error, each mapped to its MQTT 5 reason code.
 //!
-//! Left to the broker, which has the state for them: topic name and filter syntax, topic alias
-//! values (0, above the maximum), subscription identifiers on a client's PUBLISH, no-local on a
-//! shared subscription, and everything about packet identifiers beyond their being nonzero.
+//! Left to the broker and the topic module, which have the state for them: topic name and filter
+//! syntax (wildcards, an empty topic without an alias, the response topic), topic alias values
+//! (0, above the maximum), subscription identifiers on a client's PUBLISH, no-local on a shared
+//! subscription, a DISCONNECT's session expiry after a CONNECT's 0, AUTH methods, and packet
+//! identifiers beyond their being nonzero.
 
 mod decode;
 mod encode;
