@@ -127,6 +127,29 @@ pub struct MqttReport {
     pub append_errors: u64,
     pub auth_failures: u64,
     pub protocol_errors: u64,
+    /// Open sockets (before CONNECT included), sessions, subscriptions, retained messages and
+    /// bytes, bytes queued for subscribers: what the limits bound.
+    pub sockets: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained_messages: u64,
+    pub retained_bytes: u64,
+    pub queued_bytes: u64,
+    /// Refusals at a limit, since start.
+    pub refused: MqttRefusals,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct MqttRefusals {
+    pub max_connections: u64,
+    pub per_address: u64,
+    pub auth_busy: u64,
+    pub auth_throttled: u64,
+    pub acl_denied: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub messages_dropped: u64,
+    pub keep_alive_timeouts: u64,
 }
 
 impl GatewayStatus {
@@ -261,6 +284,23 @@ impl GatewayStatus {
                 append_errors: m.append_errors,
                 auth_failures: m.auth_failures,
                 protocol_errors: m.protocol_errors,
+                sockets: m.sockets_current,
+                sessions: m.sessions,
+                subscriptions: m.subscriptions,
+                retained_messages: m.retained_messages,
+                retained_bytes: m.retained_bytes,
+                queued_bytes: m.queued_bytes,
+                refused: MqttRefusals {
+                    max_connections: m.refused_max_connections,
+                    per_address: m.refused_per_address,
+                    auth_busy: m.auth_busy,
+                    auth_throttled: m.auth_throttled,
+                    acl_denied: m.acl_denied,
+                    subscriptions: m.subscriptions_rejected,
+                    retained: m.retained_rejected,
+                    messages_dropped: m.messages_dropped,
+                    keep_alive_timeouts: m.keep_alive_timeouts,
+                },
             },
             devices: lock(&self.inner.modbus).clone(),
             rates: lock(&self.inner.rates).rates,
@@ -454,6 +494,163 @@ impl GatewayStatus {
             "MQTT publishes the buffer refused.",
             &one(m.append_errors),
         );
+        for (name, kind, help, v) in [
+            (
+                "mqtt_sockets",
+                "gauge",
+                "Open MQTT sockets, before CONNECT included.",
+                m.sockets_current,
+            ),
+            (
+                "mqtt_sessions",
+                "gauge",
+                "MQTT sessions held (connected or away, in-process subscribers included).",
+                m.sessions,
+            ),
+            (
+                "mqtt_subscriptions",
+                "gauge",
+                "MQTT subscriptions held.",
+                m.subscriptions,
+            ),
+            (
+                "mqtt_retained_messages",
+                "gauge",
+                "Retained MQTT messages held.",
+                m.retained_messages,
+            ),
+            (
+                "mqtt_retained_bytes",
+                "gauge",
+                "Bytes of retained MQTT messages held.",
+                m.retained_bytes,
+            ),
+            (
+                "mqtt_queued_bytes",
+                "gauge",
+                "Bytes queued for MQTT subscribers.",
+                m.queued_bytes,
+            ),
+            (
+                "mqtt_refused_max_connections_total",
+                "counter",
+                "MQTT sockets refused at mqtt.max_connections.",
+                m.refused_max_connections,
+            ),
+            (
+                "mqtt_refused_per_address_total",
+                "counter",
+                "MQTT sockets refused at mqtt.max_connections_per_address.",
+                m.refused_per_address,
+            ),
+            (
+                "mqtt_connections_rejected_total",
+                "counter",
+                "MQTT CONNECTs refused (client id, protocol version, session limit).",
+                m.connections_rejected,
+            ),
+            (
+                "mqtt_auth_busy_total",
+                "counter",
+                "MQTT CONNECTs refused server busy (password-check queue full or slow).",
+                m.auth_busy,
+            ),
+            (
+                "mqtt_auth_throttled_total",
+                "counter",
+                "MQTT CONNECTs refused for repeated failed logins.",
+                m.auth_throttled,
+            ),
+            (
+                "mqtt_acl_denied_total",
+                "counter",
+                "MQTT publishes and subscriptions refused by the topic rules.",
+                m.acl_denied,
+            ),
+            (
+                "mqtt_keep_alive_timeouts_total",
+                "counter",
+                "MQTT connections closed for a silent client.",
+                m.keep_alive_timeouts,
+            ),
+            (
+                "mqtt_session_takeovers_total",
+                "counter",
+                "MQTT sessions taken over by a new connection with the same client id.",
+                m.session_takeovers,
+            ),
+            (
+                "mqtt_sessions_expired_total",
+                "counter",
+                "MQTT sessions expired while their client was away.",
+                m.sessions_expired,
+            ),
+            (
+                "mqtt_messages_delivered_total",
+                "counter",
+                "MQTT messages delivered to subscribers.",
+                m.messages_delivered,
+            ),
+            (
+                "mqtt_messages_dropped_total",
+                "counter",
+                "MQTT messages dropped for a subscriber whose queue was full.",
+                m.messages_dropped,
+            ),
+            (
+                "mqtt_messages_expired_total",
+                "counter",
+                "MQTT messages expired before delivery.",
+                m.messages_expired,
+            ),
+            (
+                "mqtt_messages_oversize_total",
+                "counter",
+                "MQTT messages not sent: larger than the client's maximum packet size.",
+                m.messages_oversize,
+            ),
+            (
+                "mqtt_retained_rejected_total",
+                "counter",
+                "Retained MQTT messages refused at the retained limits.",
+                m.retained_rejected,
+            ),
+            (
+                "mqtt_subscriptions_rejected_total",
+                "counter",
+                "MQTT subscriptions refused at max_subscriptions_per_client.",
+                m.subscriptions_rejected,
+            ),
+            (
+                "mqtt_wills_total",
+                "counter",
+                "MQTT last-will messages published.",
+                m.wills_recorded,
+            ),
+        ] {
+            metric(name, kind, help, &one(v));
+        }
+        let per_user = |f: fn(&crate::mqtt::UserCounters) -> u64| -> Vec<(String, f64)> {
+            m.per_user
+                .iter()
+                .map(|(u, c)| (format!("{{user=\"{}\"}}", prom_escape(u)), f(c) as f64))
+                .collect()
+        };
+        for (name, help, samples) in [
+            (
+                "mqtt_user_auth_failures_total",
+                "Failed MQTT logins per account.",
+                per_user(|c| c.auth_failures),
+            ),
+            (
+                "mqtt_user_acl_denied_total",
+                "MQTT topic-rule refusals per account.",
+                per_user(|c| c.acl_denied),
+            ),
+        ] {
+            let samples: Vec<(&str, f64)> = samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            metric(name, "counter", help, &samples);
+        }
         let state = |st: &str| {
             let cur = serde_json::to_value(&u.state)
                 .ok()
@@ -630,6 +827,13 @@ impl GatewayStatus {
 /// Escapes a Prometheus label value.
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn prom_escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }

@@ -450,6 +450,25 @@ impl Broker {
         (st.retained.len(), st.retained.bytes())
     }
 
+    /// Copies the state's sizes into the stats gauges.
+    pub(crate) fn publish_sizes(&self) {
+        let (sessions, subscriptions, retained, retained_bytes) = {
+            let st = self.lock();
+            (
+                st.sessions.len(),
+                st.tree.len(),
+                st.retained.len(),
+                st.retained.bytes(),
+            )
+        };
+        let set = |g: &std::sync::atomic::AtomicU64, v: usize| g.store(v as u64, Ordering::Relaxed);
+        set(&self.stats.sessions, sessions);
+        set(&self.stats.subscriptions, subscriptions);
+        set(&self.stats.retained_messages, retained);
+        set(&self.stats.retained_bytes, retained_bytes);
+        set(&self.stats.queued_bytes, self.queued_bytes());
+    }
+
     /// Bytes queued for all sessions.
     pub fn queued_bytes(&self) -> usize {
         self.total_queued.load(Ordering::Relaxed)

@@ -177,6 +177,7 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
                 if n > 0 {
                     tracing::debug!(sessions = n, "MQTT sessions expired");
                 }
+                broker.publish_sizes();
             }
         }
     }

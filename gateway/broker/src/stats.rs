@@ -67,6 +67,14 @@ pub struct MqttStats {
     pub durable_wait_micros_max: AtomicU64,
     /// Append batches waited for (one per socket read that carried publishes).
     pub durable_batches: AtomicU64,
+    /// Sizes of the broker's state, refreshed once a second: sessions (connected or away,
+    /// in-process subscribers included), subscriptions, retained messages and their bytes,
+    /// bytes queued for all sessions.
+    pub sessions: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained_messages: AtomicU64,
+    pub retained_bytes: AtomicU64,
+    pub queued_bytes: AtomicU64,
     /// Per user name (`(anonymous)`, `(unknown)` for names not configured): login failures
     /// and topic-rule refusals. Bounded by the configured users.
     pub per_user: Mutex<BTreeMap<String, UserCounters>>,
@@ -112,6 +120,11 @@ pub struct MqttStatsSnapshot {
     pub durable_wait_micros_total: u64,
     pub durable_wait_micros_max: u64,
     pub durable_batches: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+    pub retained_messages: u64,
+    pub retained_bytes: u64,
+    pub queued_bytes: u64,
     pub per_user: BTreeMap<String, UserCounters>,
 }
 
@@ -156,6 +169,11 @@ impl MqttStats {
             durable_wait_micros_total: g(&self.durable_wait_micros_total),
             durable_wait_micros_max: g(&self.durable_wait_micros_max),
             durable_batches: g(&self.durable_batches),
+            sessions: g(&self.sessions),
+            subscriptions: g(&self.subscriptions),
+            retained_messages: g(&self.retained_messages),
+            retained_bytes: g(&self.retained_bytes),
+            queued_bytes: g(&self.queued_bytes),
             per_user: self
                 .per_user
                 .lock()
