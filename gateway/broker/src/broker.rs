@@ -196,6 +196,23 @@ impl Broker {
         session.clear();
     }
 
+    /// Takes the delayed wills that are due at `now`, with their client ids.
+    pub(crate) fn due_wills(&self, now: Instant) -> Vec<(Message, String)> {
+        let st = self.lock();
+        st.sessions
+            .values()
+            .filter_map(|s| {
+                let mut g = s.lock();
+                match &g.pending_will {
+                    Some((_, at)) if *at <= now => {
+                        g.pending_will.take().map(|(m, _)| (m, s.client_id.clone()))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     /// Ends sessions whose client has been away longer than their expiry; how many.
     pub(crate) fn expire_sessions(&self, now: Instant) -> usize {
         let mut st = self.lock();

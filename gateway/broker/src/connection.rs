@@ -1230,19 +1230,10 @@ impl Connection {
                 }
             } else {
                 // Published after the delay (or when the session ends, if sooner) unless the
-                // client is back [MQTT-3.1.3-9].
-                let broker = self.broker.clone();
-                let session = self.session.clone();
+                // client is back [MQTT-3.1.3-9]: kept in the session (one at most, so bounded
+                // by the session limit), published by the broker's housekeeping.
                 let wait = Duration::from_secs(delay.min(expiry) as u64);
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    if session.generation() == generation
-                        && session.lock().connection.is_none()
-                        && broker.publish_durably(will, &client_id).await
-                    {
-                        MqttStats::inc(&broker.stats.wills_recorded, 1);
-                    }
-                });
+                self.session.lock().pending_will = Some((will, Instant::now() + wait));
             }
         }
         tracing::debug!(%peer, client_id = ?self.client.client_id, ?end, "MQTT client disconnected");

@@ -173,6 +173,12 @@ async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = listener::stopped(&mut shutdown) => return,
             _ = tick.tick() => {
+                // Wills first: a will is due at the latest when its session expires.
+                for (will, client_id) in broker.due_wills(Instant::now()) {
+                    if broker.publish_durably(will, &client_id).await {
+                        MqttStats::inc(&broker.stats.wills_recorded, 1);
+                    }
+                }
                 let n = broker.expire_sessions(Instant::now());
                 if n > 0 {
                     tracing::debug!(sessions = n, "MQTT sessions expired");

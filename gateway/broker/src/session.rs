@@ -86,6 +86,8 @@ pub(crate) struct SessionState {
     pub(crate) disconnected_at: Option<Instant>,
     /// Whether offline QoS 0 messages are queued (only for in-process subscribers).
     pub(crate) queue_offline_qos0: bool,
+    /// A will waiting for its delay; a returning client cancels it.
+    pub(crate) pending_will: Option<(Message, Instant)>,
 }
 
 /// See the module documentation.
@@ -122,6 +124,7 @@ impl Session {
                 expiry_s,
                 disconnected_at: None,
                 queue_offline_qos0: false,
+                pending_will: None,
             }),
             ready: Notify::new(),
             generation: AtomicU64::new(0),
@@ -138,6 +141,7 @@ impl Session {
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let mut s = self.lock();
         s.disconnected_at = None;
+        s.pending_will = None;
         let old = s.connection.replace((generation, kick)).map(|(_, k)| k);
         (generation, old)
     }
