@@ -342,6 +342,12 @@ pub struct GatewayOptions {
     pub buffer_settings: BTreeMap<String, String>,
     /// Do the first-boot setup and create an admin API token after the first start (default).
     pub auto_setup: bool,
+    /// More `[mqtt]` fields: name → TOML value (e.g. `max_connections`, `"64"`).
+    pub mqtt_settings: BTreeMap<String, String>,
+    /// A topic rule granting every account everything, the topics closed by default included
+    /// (Sparkplug NCMD/DCMD and STATE, `$`-topics), so tests that act as a SCADA host can
+    /// publish commands (default). Off: the broker's safe defaults apply.
+    pub grant_all_topics: bool,
 }
 
 impl Default for GatewayOptions {
@@ -370,11 +376,19 @@ impl Default for GatewayOptions {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             auto_setup: true,
+            mqtt_settings: BTreeMap::new(),
+            grant_all_topics: true,
         }
     }
 }
 
 impl GatewayOptions {
+    /// Sets (or replaces) one `[mqtt]` field; `value` is TOML (`"64"`, `"true"`).
+    pub fn mqtt_setting(mut self, name: &str, value: &str) -> Self {
+        self.mqtt_settings.insert(name.into(), value.into());
+        self
+    }
+
     /// Sets (or replaces) one `[kafka]` field; `value` is TOML (`"3000"`, `"\"zstd\""`).
     pub fn kafka_setting(mut self, name: &str, value: &str) -> Self {
         self.kafka_settings.insert(name.into(), value.into());
@@ -483,15 +497,27 @@ impl Gateway {
         let _ = writeln!(t, "[log]\nlevel = {}\n", toml_str(&o.log_level));
         let _ = writeln!(
             t,
-            "[mqtt]\nlisten = \"{}\"\nallow_anonymous = {}\n",
+            "[mqtt]\nlisten = \"{}\"\nallow_anonymous = {}",
             self.mqtt, o.allow_anonymous
         );
+        for (k, v) in &o.mqtt_settings {
+            let _ = writeln!(t, "{k} = {v}");
+        }
+        t.push('\n');
         if !o.users.is_empty() {
             t.push_str("[mqtt.users]\n");
             for (name, hash) in &o.users {
                 let _ = writeln!(t, "{} = {}", toml_str(name), toml_str(hash));
             }
             t.push('\n');
+        }
+        if o.grant_all_topics {
+            t.push_str(concat!(
+                "[[mqtt.acl]]\nusers = [\"*\", \"$anonymous\"]\naction = \"all\"\n",
+                "permission = \"allow\"\n",
+                "topics = [\"#\", \"spBv1.0/+/NCMD/#\", \"spBv1.0/+/DCMD/#\", ",
+                "\"spBv1.0/STATE/#\", \"$SYS/#\"]\n\n",
+            ));
         }
         if o.kafka.is_some() || !o.routes.is_empty() {
             t.push_str("[kafka]\n");
