@@ -112,11 +112,14 @@ impl Broker {
     }
 
     /// Binds a connection to the session of `client_id`: resumes it (`clean_start` false and
-    /// one exists) or starts a new one; an existing connection of that client is kicked with
-    /// "session taken over".
+    /// one exists for the same `user`) or starts a new one; an existing connection of that
+    /// client is kicked with "session taken over". Another user's session is never resumed
+    /// (its subscriptions and queue were authorized for that user): it is replaced as for a
+    /// clean start.
     pub(crate) fn attach(
         &self,
         client_id: &str,
+        user: Option<&str>,
         clean_start: bool,
         expiry_s: u32,
         kick: Arc<Kick>,
@@ -128,7 +131,7 @@ impl Broker {
             .and_then(|k| st.sessions.get(k))
             .cloned();
         let (session, present) = match existing {
-            Some(s) if !clean_start => (s, true),
+            Some(s) if !clean_start && s.lock().user.as_deref() == user => (s, true),
             Some(old) => {
                 // A clean start ends the old session (its subscriptions and queue) first.
                 Self::remove_session(&mut st, &old);
@@ -151,7 +154,11 @@ impl Broker {
                 (s, false)
             }
         };
-        session.lock().expiry_s = expiry_s;
+        {
+            let mut s = session.lock();
+            s.expiry_s = expiry_s;
+            s.user = user.map(str::to_owned);
+        }
         let (generation, old) = session.attach(kick);
         if let Some(old) = old {
             MqttStats::inc(&self.stats.session_takeovers, 1);

@@ -8,6 +8,7 @@
 //! deliveries are taken from the session queue only while the writer has room and the
 //! client's receive maximum allows.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,8 +80,12 @@ enum Deferred {
     Route(Arc<Message>),
     Subscribe(Subscribe),
     Unsubscribe(Unsubscribe),
-    Disconnect { will: bool },
+    Disconnect {
+        will: bool,
+    },
     Fail(u8, String),
+    /// A QoS 2 publish is durable: the session owns its packet id until PUBREL.
+    Qos2Owned(u16),
 }
 
 /// What a connection knows of its client after CONNECT.
@@ -218,6 +223,14 @@ where
                 refuse(reason::TOPIC_NAME_INVALID).await;
                 return end_refused(tx, writer, &mut rd).await;
             }
+            // As in a PUBLISH [MQTT-3.3.2-14].
+            if let Some(r) = &w.properties.response_topic
+                && topic::valid_topic_name(r).is_err()
+            {
+                MqttStats::inc(&broker.stats.protocol_errors, 1);
+                refuse(reason::PROTOCOL_ERROR).await;
+                return end_refused(tx, writer, &mut rd).await;
+            }
             if !broker.allowed(user.as_deref(), &client_id, Action::Publish, &w.topic) {
                 refuse(reason::NOT_AUTHORIZED).await;
                 return end_refused(tx, writer, &mut rd).await;
@@ -250,7 +263,13 @@ where
         session,
         generation,
         session_present,
-    }) = broker.attach(&client_id, connect.clean_start, expiry_s, kick.clone())
+    }) = broker.attach(
+        &client_id,
+        user.as_deref(),
+        connect.clean_start,
+        expiry_s,
+        kick.clone(),
+    )
     else {
         MqttStats::inc(&broker.stats.connections_rejected, 1);
         tracing::warn!(%peer, client_id = ?client_id, max = broker.cfg.max_sessions, "MQTT session limit reached");
@@ -337,8 +356,10 @@ where
         pipeline: FuturesOrdered::new(),
         unacked: 0,
         keep_alive: Duration::from_secs(keep_alive as u64) * 3 / 2,
-        last_packet: Instant::now(),
+        last_packet: tokio::time::Instant::now(),
         writer_full: false,
+        input_done: false,
+        pending_qos2: HashSet::new(),
     };
     let end = conn.run(&mut rd, buf, decoder, session_present).await;
     conn.finish(end, generation).await;
@@ -496,9 +517,17 @@ struct Connection {
     /// QoS 1/2 publishes read and not yet acknowledged (the receive maximum's count).
     unacked: usize,
     keep_alive: Duration,
-    last_packet: Instant,
+    /// On tokio's clock, like the `sleep_until` it arms (so a paused test clock applies).
+    last_packet: tokio::time::Instant,
     /// Deliveries stopped because the writer was full; resumed when it has room.
     writer_full: bool,
+    /// A DISCONNECT or a violation was read: nothing after it is read or handled (the
+    /// connection ends once the answers before it went out).
+    input_done: bool,
+    /// QoS 2 packet ids read and not yet answered with PUBREC (their batch is not durable
+    /// yet): resends are duplicates on this connection, but the session takes ownership (its
+    /// `incoming_qos2`) only with the PUBREC [MQTT-4.3.3-9].
+    pending_qos2: HashSet<u16>,
 }
 
 type BatchFuture =
@@ -564,13 +593,14 @@ impl Connection {
                 return End::Kicked(reason::SERVER_SHUTTING_DOWN);
             }
             let can_read = input_end.is_none()
+                && !self.input_done
                 && self.pipeline.len() < BATCHES_IN_FLIGHT
                 && (self.protocol() == Protocol::V5 || self.unacked < receive_max);
             if !can_read && !paused_logged && self.unacked >= receive_max {
                 paused_logged = true;
                 MqttStats::inc(&self.broker.stats.unacked_limit_waits, 1);
             }
-            let deadline = tokio::time::Instant::from_std(self.last_packet + self.keep_alive);
+            let deadline = self.last_packet + self.keep_alive;
             tokio::select! {
                 biased;
                 _ = kick.notify.notified() => match self.kick.reason() {
@@ -609,7 +639,7 @@ impl Connection {
                 r = rd.read_buf(&mut buf), if can_read => match r {
                     Ok(0) => input_end = Some(End::Closed { will: true }),
                     Ok(_) => {
-                        self.last_packet = Instant::now();
+                        self.last_packet = tokio::time::Instant::now();
                         if let Err(e) = self.handle_read(&mut buf, &mut decoder).await {
                             return e;
                         }
@@ -646,7 +676,10 @@ impl Connection {
             };
             match self.packet(packet, &mut batch, &mut messages) {
                 Ok(true) => {}
-                Ok(false) => break,
+                Ok(false) => {
+                    self.input_done = true;
+                    break;
+                }
                 Err(d) => {
                     failed = Some(d);
                     break;
@@ -682,6 +715,8 @@ impl Connection {
             batch.actions = routed;
         }
         if let Some(f) = failed {
+            // The connection is condemned: what the client sends after this is not handled.
+            self.input_done = true;
             batch.actions.push(f);
         }
         if !batch.actions.is_empty() || batch.durable.is_some() {
@@ -842,6 +877,15 @@ impl Connection {
         if let Err(e) = topic::valid_topic_name(&p.topic) {
             return fail(e.reason_code(), &e.to_string());
         }
+        // A response topic is a topic name too: no wildcards, not empty [MQTT-3.3.2-14].
+        if let Some(r) = &p.properties.response_topic
+            && topic::valid_topic_name(r).is_err()
+        {
+            return fail(
+                reason::PROTOCOL_ERROR,
+                "response topic is not a valid topic name [MQTT-3.3.2-14]",
+            );
+        }
         let qos = p.qos;
         let ack = |code: u8| match qos {
             QoS::AtMostOnce => None,
@@ -869,7 +913,7 @@ impl Connection {
         // A QoS 2 resend before PUBREL was accepted already [MQTT-4.3.3-10]: only PUBREC again.
         if qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
-            && self.session.lock().incoming_qos2.contains(&id)
+            && (self.pending_qos2.contains(&id) || self.session.lock().incoming_qos2.contains(&id))
         {
             batch
                 .actions
@@ -927,7 +971,10 @@ impl Connection {
         if qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
         {
-            self.session.lock().incoming_qos2.insert(id);
+            // Owned by the session once durable, with the PUBREC: a connection that ends before
+            // (taken over, append failed) has not accepted it, and the client's resend is new.
+            self.pending_qos2.insert(id);
+            batch.actions.push(Deferred::Qos2Owned(id));
         }
         batch
             .actions
@@ -988,6 +1035,10 @@ impl Connection {
                         Deferred::Unsubscribe(u) => self.unsubscribe(u).await?,
                         Deferred::Disconnect { will } => return Err(End::Closed { will }),
                         Deferred::Fail(code, why) => return Err(End::Violation(code, why)),
+                        Deferred::Qos2Owned(id) => {
+                            self.pending_qos2.remove(&id);
+                            self.session.lock().incoming_qos2.insert(id);
+                        }
                         Deferred::Route(_) => {}
                     }
                 }
@@ -1086,12 +1137,15 @@ impl Connection {
         self.deliver().await
     }
 
-    /// The PUBLISH for a queued message, or `None` when it expired.
+    /// The PUBLISH for a queued message, or `None` when it expired before its delivery started
+    /// [MQTT-3.3.2-5]. A resend (`dup`) goes out even if expired meanwhile: its delivery started
+    /// and must be completed [MQTT-4.4.0-1] (dropping it would also leave its packet id in
+    /// flight for good, holding a slot of the send window).
     fn outbound(&self, q: &Queued, packet_id: Option<u16>, dup: bool) -> Option<Packet> {
         let now = Instant::now();
         let expiry = match q.msg.expires_at {
-            Some(at) if at <= now => return None,
-            Some(at) => Some((at - now).as_secs().max(1) as u32),
+            Some(at) if at <= now && !dup => return None,
+            Some(at) => Some(at.saturating_duration_since(now).as_secs().max(1) as u32),
             None => None,
         };
         let m = &q.msg;
@@ -1232,8 +1286,12 @@ impl Connection {
                 // Published after the delay (or when the session ends, if sooner) unless the
                 // client is back [MQTT-3.1.3-9]: kept in the session (one at most, so bounded
                 // by the session limit), published by the broker's housekeeping.
+                // A resumed session (takeover by the same client) already counts as back.
                 let wait = Duration::from_secs(delay.min(expiry) as u64);
-                self.session.lock().pending_will = Some((will, Instant::now() + wait));
+                let mut s = self.session.lock();
+                if s.connection.is_none() && self.session.generation() == generation {
+                    s.pending_will = Some((will, Instant::now() + wait));
+                }
             }
         }
         tracing::debug!(%peer, client_id = ?self.client.client_id, ?end, "MQTT client disconnected");
