@@ -211,7 +211,7 @@ impl Broker {
             .filter_map(|s| {
                 let mut g = s.lock();
                 match &g.pending_will {
-                    Some((_, at)) if *at <= now => {
+                    Some((_, at)) if *at <= now && g.connection.is_none() => {
                         g.pending_will.take().map(|(m, _)| (m, s.client_id.clone()))
                     }
                     _ => None,
