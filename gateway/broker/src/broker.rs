@@ -28,6 +28,9 @@ struct State {
     retained: RetainedStore,
     /// Scratch space for matching, kept to avoid an allocation per message.
     matched: Vec<Delivery<SessionKey>>,
+    /// Delayed wills of sessions that ended before the delay (clean start, expiry), with their
+    /// client ids: due at once [MQTT-3.1.2-8], published by the next [`Broker::due_wills`].
+    ended_wills: Vec<(Message, String)>,
 }
 
 /// What [`Broker::attach`] answers a CONNECT.
@@ -76,6 +79,7 @@ impl Broker {
                 by_client_id: HashMap::new(),
                 retained: RetainedStore::new(cfg.max_retained_messages, cfg.max_retained_bytes),
                 matched: Vec::new(),
+                ended_wills: Vec::new(),
             }),
             cfg,
             stats,
@@ -196,6 +200,9 @@ impl Broker {
             }
         }
         session.lock().subscriptions.clear();
+        if let Some((will, _)) = session.lock().pending_will.take() {
+            st.ended_wills.push((will, session.client_id.clone()));
+        }
         st.sessions.remove(&session.key);
         if st.by_client_id.get(&session.client_id) == Some(&session.key) {
             st.by_client_id.remove(&session.client_id);
@@ -203,9 +210,33 @@ impl Broker {
         session.clear();
     }
 
-    /// Takes the delayed wills that are due at `now`, with their client ids.
-    pub(crate) fn due_wills(&self, now: Instant) -> Vec<(Message, String)> {
+    /// Keeps the delayed will of connection `generation` of `session` until `at` (see
+    /// [`Broker::due_wills`]); drops it if the client is back already; returns it if the
+    /// session has ended meanwhile (it is due now [MQTT-3.1.2-8]).
+    pub(crate) fn park_will(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        will: Message,
+        at: Instant,
+    ) -> Option<Message> {
+        // Under the broker lock: `remove_session` cannot end the session in between.
         let st = self.lock();
+        if !st.sessions.contains_key(&session.key) {
+            return Some(will);
+        }
+        let mut s = session.lock();
+        if s.connection.is_none() && session.generation() == generation {
+            s.pending_will = Some((will, at));
+        }
+        None
+    }
+
+    /// Takes the delayed wills that are due at `now`, and those of sessions that ended, with
+    /// their client ids.
+    pub(crate) fn due_wills(&self, now: Instant) -> Vec<(Message, String)> {
+        let mut st = self.lock();
+        let ended = std::mem::take(&mut st.ended_wills);
         st.sessions
             .values()
             .filter_map(|s| {
@@ -217,6 +248,7 @@ impl Broker {
                     _ => None,
                 }
             })
+            .chain(ended)
             .collect()
     }
 

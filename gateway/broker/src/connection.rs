@@ -118,7 +118,14 @@ where
         Ok(Ok(Some(c))) => c,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            MqttStats::inc(&broker.stats.protocol_errors, 1);
+            // An unsupported protocol version is a refusal (as documented in `MqttStats`), not a
+            // protocol error.
+            let counter = if e.reason_code() == reason::UNSUPPORTED_PROTOCOL_VERSION {
+                &broker.stats.connections_rejected
+            } else {
+                &broker.stats.protocol_errors
+            };
+            MqttStats::inc(counter, 1);
             tracing::info!(%peer, error = %e, "MQTT connection closed before a valid CONNECT");
             if e.reason_code() == reason::UNSUPPORTED_PROTOCOL_VERSION {
                 let _ = send_connack(
@@ -185,6 +192,8 @@ where
             if code != reason::SERVER_BUSY {
                 MqttStats::inc(&broker.stats.auth_failures, 1);
                 broker.stats.user_event(&account, UserEvent::AuthFailure);
+            } else {
+                MqttStats::inc(&broker.stats.connections_rejected, 1);
             }
             tracing::warn!(%peer, client_id = ?connect.client_id, user = ?user, ?outcome, "MQTT login refused");
             refuse(code).await;
@@ -600,6 +609,12 @@ impl Connection {
                 paused_logged = true;
                 MqttStats::inc(&self.broker.stats.unacked_limit_waits, 1);
             }
+            // Paused by us (not reading the client until its publishes are durable): its
+            // silence is ours, so the keep-alive period starts again when reading resumes.
+            let paused = !can_read && input_end.is_none() && !self.input_done;
+            if paused {
+                self.last_packet = tokio::time::Instant::now();
+            }
             let deadline = self.last_packet + self.keep_alive;
             tokio::select! {
                 biased;
@@ -649,7 +664,7 @@ impl Connection {
                     }
                     Err(e) => input_end = Some(End::Io(e)),
                 },
-                _ = sleep_until(deadline) => return End::KeepAlive,
+                _ = sleep_until(deadline), if !paused => return End::KeepAlive,
             }
         }
     }
@@ -1122,6 +1137,15 @@ impl Connection {
             match f {
                 Inflight::Publish(q) => {
                     if let Some(p) = self.outbound(&q, Some(id), true) {
+                        // This connection's maximum packet size may be smaller than the one it
+                        // was first sent under: dropped as if delivered [MQTT-3.1.2-25].
+                        let fits = codec::encoded_len(&p, self.protocol())
+                            .is_ok_and(|n| n <= self.client.max_packet_out);
+                        if !fits {
+                            MqttStats::inc(&self.broker.stats.messages_oversize, 1);
+                            self.session.lock().inflight.remove(&id);
+                            continue;
+                        }
                         self.send(&p).await?;
                     }
                 }
@@ -1287,10 +1311,13 @@ impl Connection {
                 // client is back [MQTT-3.1.3-9]: kept in the session (one at most, so bounded
                 // by the session limit), published by the broker's housekeeping.
                 // A resumed session (takeover by the same client) already counts as back.
+                // A session that already ended (replaced by a clean start) publishes it now.
                 let wait = Duration::from_secs(delay.min(expiry) as u64);
-                let mut s = self.session.lock();
-                if s.connection.is_none() && self.session.generation() == generation {
-                    s.pending_will = Some((will, Instant::now() + wait));
+                let at = Instant::now() + wait;
+                if let Some(will) = self.broker.park_will(&self.session, generation, will, at)
+                    && self.broker.publish_durably(will, &client_id).await
+                {
+                    MqttStats::inc(&stats.wills_recorded, 1);
                 }
             }
         }

@@ -88,6 +88,9 @@ pub(crate) struct SessionState {
     pub(crate) queue_offline_qos0: bool,
     /// A will waiting for its delay; a returning client cancels it.
     pub(crate) pending_will: Option<(Message, Instant)>,
+    /// The user name the session's client logged in with: only that user resumes it (its
+    /// subscriptions and queued messages were authorized for that user).
+    pub(crate) user: Option<String>,
 }
 
 /// See the module documentation.
@@ -125,6 +128,7 @@ impl Session {
                 disconnected_at: None,
                 queue_offline_qos0: false,
                 pending_will: None,
+                user: None,
             }),
             ready: Notify::new(),
             generation: AtomicU64::new(0),
