@@ -7,9 +7,10 @@
 //! cargo bench -p ironbridge-e2e --bench gateway -- --quick  # ~2 min
 //! ```
 //!
-//! Options after `--`: `--quick`, `--only ingest,drain,latency,rss,recovery,size,soak`, `--dir DIR`
-//! (state and buffers; default `/var/tmp`), `--bin PATH` (daemon binary; default: builds
-//! `cargo build --release -p ironbridge` and uses `<target>/release/ironbridge`), `--no-build`.
+//! Options after `--`: `--quick`, `--only ingest,drain,latency,rss,recovery,size,fanout,idle,soak`,
+//! `--dir DIR` (state and buffers; default `/var/tmp`), `--bin PATH` (daemon binary; default:
+//! builds `cargo build --release -p ironbridge` and uses `<target>/release/ironbridge`),
+//! `--no-build`.
 //! The soak runs only when named: `--only soak [--soak-minutes 30] [--soak-rate 5000] [--out DIR]`
 //! (default `docs/soak/`: `soak.csv`, `soak.svg`, `SUMMARY.md`).
 //!
@@ -28,6 +29,7 @@
 //! 6. Soak (`soak.rs`): a steady rate for half an hour with periodic outages, sampled and plotted.
 
 mod daemon;
+mod fanout;
 mod kafka;
 mod load;
 mod mosq;
@@ -252,6 +254,12 @@ async fn run(opts: Opts) -> Result<()> {
     }
     if b.opts.wants("size") {
         b.size().await.context("binary size")?;
+    }
+    if b.opts.wants("fanout") {
+        b.fanout().await.context("fanout")?;
+    }
+    if b.opts.wants("idle") {
+        b.idle().await.context("idle memory")?;
     }
     if b.opts.wants("soak") {
         b.soak().await.context("soak")?;
