@@ -1381,22 +1381,34 @@ def s_bad_credentials(ctx):
 @scenario("dollar_topics_not_matched_by_wildcard")
 def s_dollar(ctx):
     # [MQTT-4.7.2-1] the Server MUST NOT match Topic Filters starting with a wildcard (# or +) with Topic Names
-    # beginning with '$'. Whether a client may publish to `$...` at all is the Server's choice: recorded.
+    # beginning with '$'. Whether clients may publish to or subscribe to `$...` at all is the Server's choice
+    # (section 4.7.2: applications cannot use `$` topics for their own purposes): recorded under "_" keys;
+    # compared is only that the broker is consistent: an accepted publish reaches the explicit `$` subscriber
+    # (if that subscription was granted), a refused one reaches nobody.
     o = {}
     s_all = connected(ctx, "all")
     s_all.subscribe("#", raw_topic=True)
     s_plus = connected(ctx, "plus")
     s_plus.subscribe(f"+/bar{ctx.token}", raw_topic=True)
     s_dollar = connected(ctx, "dollar")
-    o["suback_explicit"] = s_dollar.subscribe(f"{ctx.dollar}/#", raw_topic=True)
+    suback = s_dollar.subscribe(f"{ctx.dollar}/#", raw_topic=True)
     pub = connected(ctx, "pub")
-    o["puback_dollar"] = pub.publish(f"{ctx.dollar}/bar{ctx.token}", "dollar", raw_topic=True)
-    s_dollar.wait_count(1)
+    puback = pub.publish(f"{ctx.dollar}/bar{ctx.token}", "dollar", raw_topic=True)
+    granted = bool(suback) and suback[0] < 0x80
+    accepted = puback is not None and puback < 0x80
+    if granted and accepted:
+        s_dollar.wait_count(1)
     pub.publish(f"m{ctx.token}/bar{ctx.token}", "marker", raw_topic=True)
     s_all.wait_payload("marker")
     s_plus.wait_payload("marker")
     time.sleep(GRACE)
-    o["explicit_subscriber"] = obs_list(s_dollar.messages)
+    explicit = obs_list(s_dollar.messages)
+    o["_suback_explicit"] = suback
+    o["_puback_dollar"] = puback
+    o["_explicit_subscriber"] = explicit
+    # [MQTT-3.8.4-1] SUBACK and [MQTT-4.3.2-4] PUBACK are sent whatever the decision.
+    o["acknowledged"] = suback is not None and puback is not None
+    o["dollar_publish_handled_consistently"] = (len(explicit) == 1) if (granted and accepted) else (explicit == [])
     o["hash_subscriber_got_dollar"] = any(m.topic.startswith("$X") for m in s_all.messages)
     o["plus_subscriber"] = obs_list(s_plus.messages)
     return o
