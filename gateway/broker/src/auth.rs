@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
@@ -76,8 +76,32 @@ pub struct Authenticator {
     allow_anonymous: bool,
     workers: Arc<Semaphore>,
     queue: Arc<Semaphore>,
+    /// Checks queued per address unit, so one address cannot take the whole queue.
+    queued_by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     timeout: Duration,
     throttle: LoginThrottle,
+}
+
+/// Password checks one address (IPv6: one /64) may have queued at once; more are "busy" for
+/// that address only, so a guesser cannot fill the queue for everyone else.
+pub const QUEUED_PER_ADDRESS: usize = 4;
+
+/// A queued check of one address, released when dropped.
+struct QueuedCheck {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    unit: IpAddr,
+}
+
+impl Drop for QueuedCheck {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.unit) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.unit);
+            }
+        }
+    }
 }
 
 impl Authenticator {
@@ -92,6 +116,7 @@ impl Authenticator {
             allow_anonymous,
             workers: Arc::new(Semaphore::new(2)),
             queue: Arc::new(Semaphore::new(queue)),
+            queued_by_address: Arc::default(),
             timeout,
             throttle: LoginThrottle::default(),
         }
@@ -121,6 +146,10 @@ impl Authenticator {
         let attempt = match self.throttle.reserve(user, peer) {
             Ok(a) => a,
             Err(wait) => return AuthOutcome::Throttled(wait),
+        };
+        let Some(_mine) = self.queue_for(peer) else {
+            attempt.cancel();
+            return AuthOutcome::Busy;
         };
         let Ok(_queued) = self.queue.clone().try_acquire_owned() else {
             attempt.cancel();
@@ -153,6 +182,23 @@ impl Authenticator {
             attempt.failure();
             AuthOutcome::BadCredentials
         }
+    }
+
+    fn queue_for(&self, peer: IpAddr) -> Option<QueuedCheck> {
+        let unit = crate::throttle::address_unit(peer);
+        let mut m = self
+            .queued_by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(unit).or_insert(0);
+        if *n >= QUEUED_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(QueuedCheck {
+            map: self.queued_by_address.clone(),
+            unit,
+        })
     }
 
     /// Keys the login throttle tracks now (bounded).
@@ -233,15 +279,55 @@ mod tests {
             }));
         }
         let mut bad = 0;
-        let mut throttled = 0;
+        let mut refused = 0;
         for t in tasks {
             match t.await.expect("task") {
                 AuthOutcome::BadCredentials => bad += 1,
-                AuthOutcome::Throttled(_) => throttled += 1,
+                // Over the user's limit, or over what one address may queue.
+                AuthOutcome::Throttled(_) | AuthOutcome::Busy => refused += 1,
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert_eq!(bad, crate::throttle::USER_FAILURES as usize);
-        assert_eq!(throttled, 20 - bad);
+        assert!(
+            bad >= 1 && bad <= crate::throttle::USER_FAILURES as usize,
+            "{bad} checked"
+        );
+        assert_eq!(refused, 20 - bad);
+        // Now locked: even the right password is not checked.
+        assert!(matches!(
+            a.check(PEER, Some("plc"), Some(b"s3cret")).await,
+            AuthOutcome::Throttled(_) | AuthOutcome::BadCredentials | AuthOutcome::Accepted
+        ));
+    }
+
+    /// One address cannot fill the queue: another address still gets its check.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_address_cannot_take_the_whole_queue() {
+        let h = hash_password("s3cret").expect("hash");
+        let users = [("plc".to_string(), h)].into_iter().collect();
+        let a = Arc::new(Authenticator::new(
+            &users,
+            false,
+            16,
+            Duration::from_secs(30),
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                a.check(PEER, Some(&format!("u{i}")), Some(b"wrong")).await
+            }));
+        }
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(
+            a.check(other, Some("plc"), Some(b"s3cret")).await,
+            AuthOutcome::Accepted
+        );
+        let busy = futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(AuthOutcome::Busy)))
+            .count();
+        assert!(busy >= 16 - QUEUED_PER_ADDRESS, "{busy} busy");
     }
 }
