@@ -11,6 +11,10 @@
 #[path = "web_browser/webdriver.rs"]
 mod webdriver;
 
+// The MQTT page's topic rules editor, against a daemon of its own.
+#[path = "web_browser/mqtt_rules.rs"]
+mod mqtt_rules;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

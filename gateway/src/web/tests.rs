@@ -191,3 +191,113 @@ async fn bad_path_parameter_is_a_json_error() {
         );
     }
 }
+
+/// The MQTT page's Save of the topic rules: `PUT /api/config/mqtt` with the section as read
+/// (secrets `"********"`) and new `acl`/`client_id_prefix_user`. The rules come back in order,
+/// land in the file as `[[mqtt.acl]]` tables, and an invalid rule is a 422 naming its field.
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtt_section_with_topic_rules_round_trips() {
+    use serde_json::{Value, json};
+
+    let h = WebHarness::new().await;
+    let h = &h;
+    let get = move || async move {
+        let (code, body) = h.request(Method::GET, "/api/config/mqtt", None, "").await;
+        assert_eq!(code, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Value>(&body).expect("mqtt section")
+    };
+    let put = move |v: Value| async move {
+        let (code, body) = h
+            .request(
+                Method::PUT,
+                "/api/config/mqtt",
+                Some("application/json"),
+                v.to_string(),
+            )
+            .await;
+        let v: Value = serde_json::from_slice(&body).expect("JSON answer");
+        (code, v)
+    };
+
+    let mut mqtt = get().await;
+    assert_eq!(mqtt["acl"], json!([]), "{mqtt}");
+    assert_eq!(mqtt["client_id_prefix_user"], json!(false), "{mqtt}");
+    // A new account (a plain password, hashed by the API) and two rules.
+    mqtt["users"] = json!({ "scada": "scada-password-1" });
+    let rules = json!([
+        { "users": ["scada"], "action": "publish", "permission": "allow",
+          "topics": ["spBv1.0/+/DCMD/#", "spBv1.0/+/NCMD/#"] },
+        { "users": ["*", "$anonymous"], "action": "all", "permission": "deny",
+          "topics": ["$SYS/#", "plant/%u/#"] },
+    ]);
+    mqtt["acl"] = rules.clone();
+    mqtt["client_id_prefix_user"] = json!(true);
+    let (code, res) = put(mqtt).await;
+    assert_eq!(code, StatusCode::OK, "{res}");
+    assert_eq!(res["restart_required"], json!(true), "{res}");
+
+    let read = get().await;
+    assert_eq!(read["acl"], rules, "rules in order, as sent");
+    assert_eq!(read["client_id_prefix_user"], json!(true));
+    assert_eq!(read["users"]["scada"], json!("********"));
+    let text = std::fs::read_to_string(h.config_path()).expect("config file");
+    assert_eq!(text.matches("[[mqtt.acl]]").count(), 2, "{text}");
+    let file: toml::Table = toml::from_str(&text).expect("the file parses");
+    assert_eq!(
+        file["mqtt"]["acl"][0]["topics"][0].as_str(),
+        Some("spBv1.0/+/DCMD/#"),
+        "{text}"
+    );
+    assert_eq!(
+        file["mqtt"]["acl"][1]["permission"].as_str(),
+        Some("deny"),
+        "{text}"
+    );
+    let hash = file["mqtt"]["users"]["scada"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+
+    // The same section as the UI sends it back (hash redacted), one filter invalid.
+    let mut bad = read.clone();
+    bad["acl"][0]["topics"][1] = json!("a/#/b");
+    let (code, res) = put(bad).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{res}");
+    assert_eq!(res["error"], "invalid", "{res}");
+    let fields: Vec<&str> = res["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter_map(|f| f["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["mqtt.acl[0].topics[1]"], "{res}");
+
+    // A value outside the schema names the field too.
+    let mut bad = read.clone();
+    bad["acl"][1]["action"] = json!("write");
+    let (code, res) = put(bad).await;
+    assert!(code.is_client_error(), "{code} {res}");
+    assert_eq!(res["fields"][0]["field"], "mqtt.acl[1].action", "{res}");
+    let mut bad = read.clone();
+    bad["acl"][1]["users"] = json!([]);
+    let (code, res) = put(bad).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{res}");
+    assert_eq!(res["fields"][0]["field"], "mqtt.acl[1].users", "{res}");
+
+    // Nothing of the refused saves reached the file; the stored hash survived the round trip.
+    assert_eq!(get().await, read);
+    let after = std::fs::read_to_string(h.config_path()).expect("config file");
+    assert_eq!(after, text);
+
+    // Saving the section as read keeps everything, and an empty list removes the rules.
+    let mut none = read.clone();
+    none["acl"] = json!([]);
+    none["client_id_prefix_user"] = json!(false);
+    let (code, res) = put(none).await;
+    assert_eq!(code, StatusCode::OK, "{res}");
+    let text = std::fs::read_to_string(h.config_path()).expect("config file");
+    assert!(!text.contains("[[mqtt.acl]]"), "{text}");
+    assert!(text.contains(&hash), "the account's hash is kept: {text}");
+    assert_eq!(get().await["acl"], json!([]));
+}
