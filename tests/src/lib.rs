@@ -17,6 +17,7 @@
 
 pub mod external;
 pub mod gateway;
+pub mod hostile;
 pub mod kafka;
 pub mod mqtt;
 pub mod net;
