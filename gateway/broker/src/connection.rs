@@ -1290,13 +1290,18 @@ impl Connection {
             }
         };
         if v5 && let Some((code, why)) = disconnect {
-            let _ = self
-                .send(&Packet::Disconnect(Disconnect {
-                    reason: code,
-                    reason_string: why,
-                    ..Disconnect::default()
-                }))
-                .await;
+            let mut d = Disconnect {
+                reason: code,
+                reason_string: why,
+                ..Disconnect::default()
+            };
+            // No reason string where it would exceed the client's maximum packet size
+            // [MQTT-3.14.2-3].
+            let size = codec::encoded_len(&Packet::Disconnect(d.clone()), Protocol::V5);
+            if size.is_ok_and(|n| n > self.client.max_packet_out) {
+                d.reason_string = None;
+            }
+            let _ = self.send(&Packet::Disconnect(d)).await;
         }
         self.broker.detach(&self.session, generation);
         if publish_will && let Some(will) = self.client.will.take() {

@@ -35,6 +35,9 @@ mod clients;
 pub mod codec;
 mod config;
 mod connection;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hook;
 mod listener;
 mod message;
