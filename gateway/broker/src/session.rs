@@ -194,7 +194,7 @@ impl Session {
         let q = s.queue.pop_front()?;
         let w = q.msg.weight();
         s.queued_bytes = s.queued_bytes.saturating_sub(w);
-        total.fetch_sub(w.min(total.load(Ordering::Acquire)), Ordering::AcqRel);
+        release(total, w);
         Some(q)
     }
 
@@ -229,11 +229,14 @@ impl Drop for Session {
         let bytes = s.queued_bytes;
         s.queue.clear();
         if bytes > 0 {
-            let _ = self
-                .total_queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                    Some(t.saturating_sub(bytes))
-                });
+            release(&self.total_queued, bytes);
         }
     }
+}
+
+/// Takes `bytes` off the all-sessions total, never below zero.
+fn release(total: &AtomicUsize, bytes: usize) {
+    let _ = total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+        Some(t.saturating_sub(bytes))
+    });
 }
