@@ -678,7 +678,7 @@ impl Connection {
             acked: 0,
             actions: Vec::new(),
         };
-        let mut messages: Vec<Message> = Vec::new();
+        let mut messages: Vec<Arc<Message>> = Vec::new();
         let mut failed = None;
         loop {
             let packet = match decoder.decode(buf) {
@@ -708,7 +708,7 @@ impl Connection {
             let accepted: Vec<Accepted<'_>> = messages
                 .iter()
                 .map(|m| Accepted {
-                    message: m,
+                    message: m.as_ref(),
                     client_id: &self.client.client_id,
                 })
                 .collect();
@@ -721,13 +721,6 @@ impl Connection {
             }
             drop(accepted);
             batch.publishes = messages.len();
-            // Routes go in front of the acks of the same packets: a subscriber sees a message
-            // no later than its publisher's PUBACK.
-            let mut routed: Vec<Deferred> =
-                Vec::with_capacity(messages.len() + batch.actions.len());
-            routed.extend(messages.into_iter().map(|m| Deferred::Route(Arc::new(m))));
-            routed.append(&mut batch.actions);
-            batch.actions = routed;
         }
         if let Some(f) = failed {
             // The connection is condemned: what the client sends after this is not handled.
@@ -745,7 +738,7 @@ impl Connection {
         &mut self,
         packet: Packet,
         batch: &mut Batch,
-        messages: &mut Vec<Message>,
+        messages: &mut Vec<Arc<Message>>,
     ) -> Result<bool, Deferred> {
         let v5 = self.protocol() == Protocol::V5;
         match packet {
@@ -850,7 +843,7 @@ impl Connection {
         &mut self,
         mut p: Publish,
         batch: &mut Batch,
-        messages: &mut Vec<Message>,
+        messages: &mut Vec<Arc<Message>>,
     ) -> Result<(), Deferred> {
         let v5 = self.protocol() == Protocol::V5;
         let fail = |code: u8, why: &str| Err(Deferred::Fail(code, why.to_string()));
@@ -982,7 +975,11 @@ impl Connection {
             user_properties: props.user_properties,
             origin: Some(self.session.key),
         };
-        messages.push(msg);
+        // Routed at its place among the read's packets (before its own ack, and before a
+        // later SUBSCRIBE/UNSUBSCRIBE of the same read takes effect [MQTT-3.10.4-2]).
+        let msg = Arc::new(msg);
+        messages.push(msg.clone());
+        batch.actions.push(Deferred::Route(msg));
         if qos == QoS::ExactlyOnce
             && let Some(id) = p.packet_id
         {
