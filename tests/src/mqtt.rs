@@ -250,11 +250,21 @@ impl Mosquitto {
             tls_port = Some(p);
         }
         std::fs::write(&conf, text)?;
+        Self::launch(dir, &conf, addr, tls_port).await
+    }
+
+    /// Starts mosquitto with `conf` (in `dir`, which holds its log) and waits until it listens.
+    async fn launch(
+        dir: tempfile::TempDir,
+        conf: &std::path::Path,
+        addr: SocketAddr,
+        tls_port: Option<u16>,
+    ) -> Result<Mosquitto> {
         let log_path = dir.path().join("mosquitto.log");
         let log = std::fs::File::create(&log_path)?;
         let child = Command::new(External::Mosquitto.path())
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -412,42 +422,7 @@ impl Mosquitto {
         text.push_str(&format!("listener {port} 127.0.0.1\n"));
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, text)?;
-        let log_path = dir.path().join("mosquitto.log");
-        let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(External::Mosquitto.path())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn mosquitto")?;
-        let mut m = Mosquitto {
-            child,
-            addr,
-            tls_port: None,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = m.child.try_wait()? {
-                bail!(
-                    "mosquitto exited during start ({status}):\n{}",
-                    log_tail(&log_path, 4000)
-                );
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(m);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "mosquitto on {addr} not ready:\n{}",
-                    log_tail(&log_path, 4000)
-                );
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
+        Self::launch(dir, &conf, addr, None).await
     }
 
     /// `mosquitto -h`'s first line, e.g. `mosquitto version 2.0.11`.
