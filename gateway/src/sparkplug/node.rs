@@ -46,9 +46,10 @@ pub const DEVICES_ONLINE: &str = "Gateway/Modbus Devices Online";
 pub const BACKLOG_INTERVAL_MS: u64 = 5_000;
 /// Name of the birth/death sequence metric.
 pub const BDSEQ: &str = "bdSeq";
-/// OPC-style quality codes carried in the `Quality` property (Ignition's convention).
+/// The `Quality` property's values: Sparkplug 3.0 allows exactly these three
+/// (`tck-id-payloads-propertyset-quality-value-value`: 0 bad, 192 good, 500 stale).
 pub const QUALITY_GOOD: i32 = 192;
-pub const QUALITY_STALE: i32 = 68;
+pub const QUALITY_STALE: i32 = 500;
 pub const QUALITY_BAD: i32 = 0;
 
 /// Sled tree of the edge node's sessions (`embedded`, `upstream`).
@@ -523,8 +524,9 @@ impl NodeCore {
         }
     }
 
-    /// Starts a session with `bdseq`: NBIRTH (seq 0) and a DBIRTH for every device that has
-    /// answered (its latest readings from `latest`). Also used for a rebirth (same bdSeq).
+    /// Starts a session with `bdseq`: NBIRTH (seq 0) and a DBIRTH for every device (its latest
+    /// readings from `latest`), followed by its DDEATH if those say it is unreachable. Also
+    /// used for a rebirth (same bdSeq).
     pub fn birth(&mut self, bdseq: u64, latest: &dyn Fn(&str) -> Vec<Reading>) -> Vec<Outgoing> {
         let rebirth = self.born && bdseq == self.bdseq;
         self.bdseq = bdseq;
@@ -586,13 +588,19 @@ impl NodeCore {
             topic: self.node_topic(MessageType::NBirth),
             payload: nbirth,
         }];
+        // Every configured device is born with the node, so a host knows all of them from the
+        // start: one not read yet has null values of bad quality (DDATA follows when it
+        // answers), one known to be unreachable is declared dead at once (DBIRTH when it
+        // answers again). A device answering late thus never gets its DBIRTH after DDATA.
         for i in 0..self.devices.len() {
             self.devices[i].born = false;
             self.devices[i].last.clear();
             let readings = latest(&self.devices[i].model.name);
             let answered = readings.iter().any(|r| !device_unreachable(&r.quality));
-            if answered {
-                out.push(self.dbirth(i, &readings));
+            let unreachable = !answered && !readings.is_empty();
+            out.push(self.dbirth(i, &readings));
+            if unreachable {
+                out.push(self.ddeath(i));
             }
         }
         let online = self.devices_online();

@@ -151,8 +151,9 @@ fn resolve(m: &mut Metric, device: Option<&Birth>, node: Option<&Birth>) -> bool
     m.name.is_some() && m.datatype.is_some()
 }
 
-/// Quality of a metric: the OPC-style `Quality` property if present (192 good, below 64 bad,
-/// else uncertain), `stale` for death messages, otherwise good.
+/// Quality of a metric: the `Quality` property if present (Sparkplug 3.0: 192 good, 500 stale,
+/// 0 bad; other codes from older OPC-style senders: below 64 bad, else uncertain), `stale` for
+/// death messages, otherwise good.
 fn quality(m: &Metric) -> &'static str {
     let code = m
         .properties
@@ -163,6 +164,7 @@ fn quality(m: &Metric) -> &'static str {
     match code {
         None => "good",
         Some(c) if c as i64 == 192 => "good",
+        Some(c) if c as i64 == 500 => "stale",
         Some(c) if (c as i64) < 64 => "bad",
         Some(_) => "uncertain",
     }

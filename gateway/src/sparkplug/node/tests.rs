@@ -148,8 +148,8 @@ fn birth_then_data_by_exception_with_aliases() {
     let out = c.birth(5, &latest);
     assert_eq!(
         out.len(),
-        2,
-        "NBIRTH + DBIRTH of the device that answered: {out:?}"
+        3,
+        "NBIRTH + a DBIRTH for every device, answered or not: {out:?}"
     );
     assert_eq!(out[0].topic, "spBv1.0/plant/NBIRTH/gw1");
     assert_eq!(out[0].payload.seq, Some(0));
@@ -192,7 +192,7 @@ fn birth_then_data_by_exception_with_aliases() {
     );
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, "spBv1.0/plant/DDATA/gw1/press");
-    assert_eq!(out[0].payload.seq, Some(2));
+    assert_eq!(out[0].payload.seq, Some(3));
     let m = &out[0].payload.metrics;
     assert_eq!(m.len(), 1);
     assert_eq!(m[0].alias, Some(2));
@@ -220,7 +220,7 @@ fn birth_then_data_by_exception_with_aliases() {
 
     // A rebirth keeps bdSeq and restarts seq at 0.
     let out = c.birth(5, &latest);
-    assert_eq!(seqs(&out), [Some(0), Some(1)]);
+    assert_eq!(seqs(&out), [Some(0), Some(1), Some(2)]);
     assert_eq!(c.snapshot().rebirths, 1);
     assert_eq!(c.snapshot().births, 1);
 }
@@ -229,12 +229,13 @@ fn birth_then_data_by_exception_with_aliases() {
 fn device_death_and_rebirth_on_return() {
     let mut c = core();
     c.birth(0, &none);
-    // First reading of an unborn device → DBIRTH (with the reading in hand).
+    // A device not read at the birth was born with nulls: its first reading is DDATA.
     let out = c.readings(&[good("pump", "running", Value::Bool(true), 10)], &none);
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].message_type, MessageType::DBirth);
+    assert_eq!(out[0].message_type, MessageType::DData);
+    assert_eq!(out[0].payload.metrics[0].alias, Some(4));
     assert_eq!(
-        metric(&out[0].payload, "running").value,
+        out[0].payload.metrics[0].value,
         Some(MetricValue::Boolean(true))
     );
     // Unreachable → DDEATH once.
@@ -248,12 +249,98 @@ fn device_death_and_rebirth_on_return() {
     let out = c.readings(&[down.clone(), down.clone()], &none);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].topic, "spBv1.0/plant/DDEATH/gw1/pump");
-    assert_eq!(out[0].payload.seq, Some(2));
+    assert_eq!(out[0].payload.seq, Some(4));
     assert!(c.readings(&[down], &none).is_empty());
     // Back → DBIRTH.
     let out = c.readings(&[good("pump", "running", Value::Bool(false), 30)], &none);
     assert_eq!(out[0].message_type, MessageType::DBirth);
-    assert_eq!(c.snapshot().devices_online, 1);
+    assert_eq!(
+        metric(&out[0].payload, "running").value,
+        Some(MetricValue::Boolean(false))
+    );
+    assert_eq!(c.snapshot().devices_online, 2);
+}
+
+/// A device unreachable at the NBIRTH is declared (DBIRTH, null values of bad quality) and
+/// dead (DDEATH) at once, so a host knows it; it is born again when it answers. A device not
+/// read yet is born with nulls and its first answer is DDATA, never a DBIRTH after data.
+#[test]
+fn every_device_is_born_with_the_node() {
+    let mut c = core();
+    let latest = |d: &str| match d {
+        "press" => vec![reading(
+            "press",
+            "temp",
+            None,
+            Quality::Bad(BadReason::Timeout),
+            5,
+        )],
+        _ => Vec::new(),
+    };
+    let out = c.birth(0, &latest);
+    let kinds: Vec<(MessageType, &str)> = out
+        .iter()
+        .map(|o| (o.message_type, o.topic.rsplit('/').next().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (MessageType::NBirth, "gw1"),
+            (MessageType::DBirth, "press"),
+            (MessageType::DDeath, "press"),
+            (MessageType::DBirth, "pump"),
+        ]
+    );
+    assert_eq!(seqs(&out), [Some(0), Some(1), Some(2), Some(3)]);
+    let temp = metric(&out[1].payload, "temp");
+    assert!(temp.is_null());
+    assert_eq!(
+        temp.properties.as_ref().and_then(|p| p.get("Quality")),
+        Some(&PropertyValue::new(MetricValue::Int32(QUALITY_BAD)))
+    );
+    assert_eq!(
+        metric(&out[0].payload, DEVICES_ONLINE).value,
+        Some(MetricValue::UInt32(1)),
+        "the dead device is not online"
+    );
+    // The dead device answers: DBIRTH; the unread one answers: DDATA.
+    let out = c.readings(
+        &[
+            good("press", "temp", Value::F32(1.0), 10),
+            good("pump", "running", Value::Bool(true), 11),
+        ],
+        &none,
+    );
+    let kinds: Vec<MessageType> = out.iter().map(|o| o.message_type).collect();
+    assert_eq!(kinds, [MessageType::DBirth, MessageType::DData]);
+}
+
+/// Stale values carry Quality 500, the only stale code Sparkplug 3.0 allows
+/// (`tck-id-payloads-propertyset-quality-value-value`: 0, 192 or 500).
+#[test]
+fn stale_quality_is_500() {
+    let mut c = core();
+    c.birth(0, &none);
+    c.readings(&[good("pump", "running", Value::Bool(true), 1)], &none);
+    let out = c.readings(
+        &[reading(
+            "pump",
+            "running",
+            Some(Value::Bool(true)),
+            Quality::Stale,
+            2,
+        )],
+        &none,
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    let q = out[0].payload.metrics[0]
+        .properties
+        .as_ref()
+        .and_then(|p| p.get("Quality"));
+    assert_eq!(q, Some(&PropertyValue::new(MetricValue::Int32(500))));
+    for code in [QUALITY_GOOD, QUALITY_STALE, QUALITY_BAD] {
+        assert!([0, 192, 500].contains(&code));
+    }
 }
 
 #[test]
@@ -269,8 +356,8 @@ fn seq_wraps_after_255() {
         );
         all.extend(seqs(&out));
     }
-    // NBIRTH 0, DBIRTH 1, then DDATA from 2 on.
-    let want: Vec<Option<u64>> = (2..302u64).map(|s| Some(s % 256)).collect();
+    // NBIRTH 0, DBIRTH 1 and 2, the first DDATA 3, then DDATA from 4 on.
+    let want: Vec<Option<u64>> = (4..304u64).map(|s| Some(s % 256)).collect();
     assert_eq!(all, want);
 }
 
@@ -532,7 +619,11 @@ fn ndata_by_exception_with_backlog_rate_limit() {
     };
     let nd = c.node_data(g1, t + 10).expect("NDATA");
     assert_eq!(nd.topic, "spBv1.0/plant/NDATA/gw1");
-    assert_eq!(nd.payload.seq, Some(1), "NDATA counts in the node's seq");
+    assert_eq!(
+        nd.payload.seq,
+        Some(3),
+        "NDATA counts in the node's seq (after NBIRTH and two DBIRTHs)"
+    );
     assert_eq!(nd.payload.metrics.len(), 1);
     assert_eq!(
         metric(&nd.payload, UPLINK_ONLINE).value,
@@ -560,9 +651,16 @@ fn ndata_by_exception_with_backlog_rate_limit() {
     };
     assert!(c.node_data(g3, t + BACKLOG_INTERVAL_MS + 100).is_none());
     assert!(c.node_data(g3, t + 2 * BACKLOG_INTERVAL_MS + 2).is_some());
-    // Devices online follows the device births.
-    let out = c.readings(&[good("pump", "running", Value::Bool(true), 1)], &none);
-    assert_eq!(out.len(), 1, "DBIRTH");
+    // Devices online follows the device births and deaths.
+    let down = reading(
+        "pump",
+        "running",
+        None,
+        Quality::Bad(BadReason::Timeout),
+        1,
+    );
+    let out = c.readings(&[down], &none);
+    assert_eq!(out.len(), 1, "DDEATH");
     let nd = c
         .node_data(g3, t + 2 * BACKLOG_INTERVAL_MS + 3)
         .expect("devices online NDATA");
