@@ -46,7 +46,17 @@ fn live_part(section: &str, c: &Config) -> Option<Value> {
             c.web.tls_cert,
             c.web.tls_key
         ])),
-        // kafka and modbus restart their component in-process (sparkplug too, once it lands).
+        // The edge node restarts in-process; the ingest and the Kafka command consumer take
+        // their part (and the ids they match and publish on) at start.
+        "sparkplug" => Some(serde_json::json!([
+            c.sparkplug.ingest,
+            c.sparkplug.commands,
+            c.sparkplug.group_id,
+            c.sparkplug.edge_node_id,
+            c.sparkplug.embedded_edge_node_id,
+            c.sparkplug.upstream.is_some()
+        ])),
+        // kafka and modbus restart their component in-process.
         _ => None,
     }
 }

@@ -229,8 +229,26 @@ fn uplink_key(c: &Config) -> (uplink::UplinkConfig, String) {
     (c.kafka.clone(), c.gateway.id.clone())
 }
 
-fn modbus_key(c: &Config) -> ironbridge_adapters::modbus::ModbusConfig {
-    c.modbus.clone()
+fn modbus_key(c: &Config) -> (ironbridge_adapters::modbus::ModbusConfig, modbus::JsonTopics) {
+    (c.modbus.clone(), json_topics(c))
+}
+
+/// With the Sparkplug edge node on, the JSON topics only if asked for (or while it waits for
+/// its primary host).
+fn json_topics(c: &Config) -> modbus::JsonTopics {
+    if !c.sparkplug.enabled || c.sparkplug.json_topics {
+        modbus::JsonTopics::Always
+    } else {
+        modbus::JsonTopics::WhileSparkplugWaits
+    }
+}
+
+fn sparkplug_node_key(c: &Config) -> (crate::sparkplug::SparkplugConfig, String, bool) {
+    (
+        c.sparkplug.clone(),
+        c.edge_node_id(),
+        !c.modbus.devices.is_empty(),
+    )
 }
 
 /// Runs the gateway until SIGTERM/SIGINT, a restart request or a fatal buffer failure.
@@ -418,24 +436,21 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
                         stop.await;
                         return Ok(());
                     }
-                    // With the Sparkplug edge node on, JSON topics only if asked for.
-                    let json = !cfg.sparkplug.enabled || cfg.sparkplug.json_topics;
-                    modbus::run(devices, hub, json.then_some(broker), stop)
+                    modbus::run(devices, hub, broker, json_topics(&cfg), stop)
                         .await
                         .map_err(|e| e.to_string())
                 }
             },
         ))
     };
-    // Sparkplug: the configuration at start (changes to [sparkplug] need a restart).
+    // Sparkplug ingest and Kafka commands: the configuration at start (their part of
+    // [sparkplug] needs a restart, see config_store); the edge node follows changes live.
     let boot = store.current();
+    // The edge node's session on the embedded broker (one identity per live session).
+    let embedded_node_id = boot.sparkplug.embedded_node_id(&boot.edge_node_id());
     // sp-data: Sparkplug ingest of third-party edge nodes on the embedded broker.
     let sparkplug_ingest = if boot.sparkplug.ingest.enabled {
-        let own_node = if boot.sparkplug.edge_node_id.is_empty() {
-            gateway_id.clone()
-        } else {
-            boot.sparkplug.edge_node_id.clone()
-        };
+        let own_node = embedded_node_id.clone();
         let ingest_status = crate::sparkplug::ingest::IngestStatus::new();
         status.set_sparkplug_ingest(ingest_status.clone());
         let ingest = crate::sparkplug::ingest::Ingest::new(
@@ -464,11 +479,8 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     ));
     let commands_task =
         (boot.kafka.is_enabled() && !boot.sparkplug.commands.kafka_topic.is_empty()).then(|| {
-            let edge_node_id = if boot.sparkplug.edge_node_id.is_empty() {
-                gateway_id.clone()
-            } else {
-                boot.sparkplug.edge_node_id.clone()
-            };
+            // Commands become DCMD/NCMD on the embedded broker: its session's identity.
+            let edge_node_id = embedded_node_id.clone();
             let (kafka, sp, gw) = (
                 boot.kafka.clone(),
                 boot.sparkplug.clone(),
@@ -502,38 +514,61 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
                 },
             ))
         });
-    // sp-node: the Sparkplug edge node for the Modbus devices; executes DCMD/NCMD.
-    let node_task = boot.sparkplug.enabled.then(|| {
-        let ctx = crate::sparkplug::node::NodeContext {
-            config: boot.sparkplug.clone(),
-            edge_node_id: boot.edge_node_id(),
-            expect_devices: !boot.modbus.devices.is_empty() || !runtime_devices.is_empty(),
-            hub: hub.clone(),
-            broker: broker.clone(),
-            state: state.clone(),
-            audit: command_audit.clone(),
-            status: Arc::new(crate::sparkplug::node::NodeStatus::default()),
-            restart: Some(restart_tx.clone()),
-            gateway_metrics: Some({
-                let status = status.clone();
-                Arc::new(move || {
-                    let u = status.uplink().snapshot();
-                    crate::sparkplug::node::GatewayMetrics {
-                        uplink_online: matches!(u.state, uplink::UplinkState::Connected),
-                        backlog_records: u.lag_records,
-                    }
-                })
-            }),
-        };
-        status.set_sparkplug_node(ctx.status.clone(), command_audit.clone());
-        let stop = stop_rx.clone();
-        tokio::spawn(supervise(
+    // sp-node: the Sparkplug edge node for the Modbus devices; executes DCMD/NCMD. Follows
+    // configuration changes live (enabled, ids, primary host, upstream).
+    let node_task = {
+        let (hub, broker, state, audit, restart, log) = (
+            hub.clone(),
+            broker.clone(),
+            state.clone(),
+            command_audit.clone(),
+            restart_tx.clone(),
+            log.clone(),
+        );
+        let (st, runtime) = (status.clone(), runtime_devices.clone());
+        tokio::spawn(supervise_config(
             "sparkplug_node",
             status.clone(),
             stop_rx.clone(),
-            move || crate::sparkplug::node::run(ctx.clone(), stopped(stop.clone())),
+            store.subscribe(),
+            sparkplug_node_key,
+            move |cfg, stop| {
+                let status = st.clone();
+                let ctx = crate::sparkplug::node::NodeContext {
+                    config: cfg.sparkplug.clone(),
+                    edge_node_id: cfg.edge_node_id(),
+                    embedded_node_id: cfg.sparkplug.embedded_node_id(&cfg.edge_node_id()),
+                    buffer: log.clone(),
+                    expect_devices: !cfg.modbus.devices.is_empty() || !runtime.is_empty(),
+                    hub: hub.clone(),
+                    broker: broker.clone(),
+                    state: state.clone(),
+                    audit: audit.clone(),
+                    status: Arc::new(crate::sparkplug::node::NodeStatus::default()),
+                    restart: Some(restart.clone()),
+                    gateway_metrics: Some({
+                        let status = status.clone();
+                        Arc::new(move || {
+                            let u = status.uplink().snapshot();
+                            crate::sparkplug::node::GatewayMetrics {
+                                uplink_online: matches!(u.state, uplink::UplinkState::Connected),
+                                backlog_records: u.lag_records,
+                            }
+                        })
+                    }),
+                };
+                async move {
+                    if !ctx.config.enabled {
+                        status.set_sparkplug_node(None);
+                        stop.await;
+                        return Ok(());
+                    }
+                    status.set_sparkplug_node(Some((ctx.status.clone(), ctx.audit.clone())));
+                    crate::sparkplug::node::run(ctx, stop).await
+                }
+            },
         ))
-    });
+    };
     status.set_component("mqtt", ComponentState::Running);
     status.set_component("web", ComponentState::Running);
     tracing::info!(%gateway_id, mqtt = %broker.tcp_addr(), web = %https_addr, "ironbridge running");
@@ -581,9 +616,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     drop(ctx);
     let orderly = async {
         // The edge node publishes its NDEATH while the broker still runs.
-        if let Some(t) = node_task {
-            let _ = t.await;
-        }
+        let _ = node_task.await;
         let _ = modbus_task.await;
         if let Some((_, t)) = sparkplug_ingest {
             let _ = t.await;

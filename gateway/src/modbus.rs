@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct ModbusHub {
     readings: broadcast::Sender<Reading>,
     poller: RwLock<Option<PollerHandle>>,
     health: HealthBoard,
+    /// The Sparkplug edge node's embedded session waits for its primary host (no births).
+    sparkplug_waiting: AtomicBool,
 }
 
 impl ModbusHub {
@@ -54,7 +57,19 @@ impl ModbusHub {
             readings: broadcast::channel(FANOUT).0,
             poller: RwLock::new(None),
             health,
+            sparkplug_waiting: AtomicBool::new(false),
         })
+    }
+
+    /// Set by the Sparkplug edge node while its embedded session waits for the primary host:
+    /// the JSON topics carry the readings to the buffer meanwhile
+    /// ([`JsonTopics::WhileSparkplugWaits`]).
+    pub fn set_sparkplug_waiting(&self, waiting: bool) {
+        self.sparkplug_waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    pub fn sparkplug_waiting(&self) -> bool {
+        self.sparkplug_waiting.load(Ordering::Relaxed)
     }
 
     /// New readings from now on (changes and heartbeats, as the poller reports them).
@@ -139,12 +154,23 @@ pub fn reading_event(r: &Reading, unit: &str) -> Event {
     }
 }
 
-/// Polls `devices` until `stop` resolves: every reading goes to the hub and, when `json_to` is
-/// given, is published as JSON on `ironbridge/modbus/<device>/<tag>`.
+/// When readings are published as JSON on `ironbridge/modbus/<device>/<tag>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonTopics {
+    /// Every reading (no Sparkplug edge node, or `sparkplug.json_topics = true`).
+    Always,
+    /// While the Sparkplug edge node's embedded session waits for its primary host (no
+    /// births): the data path to the buffer and Kafka never stops.
+    WhileSparkplugWaits,
+}
+
+/// Polls `devices` until `stop` resolves: every reading goes to the hub and is published as
+/// JSON on `ironbridge/modbus/<device>/<tag>` through `broker` as `json` says.
 pub async fn run(
     devices: Vec<Device>,
     hub: Arc<ModbusHub>,
-    json_to: Option<Arc<BrokerHandle>>,
+    broker: Arc<BrokerHandle>,
+    json: JsonTopics,
     stop: impl Future<Output = ()>,
 ) -> Result<(), MqttError> {
     let units: HashMap<(String, String), String> = devices
@@ -173,7 +199,7 @@ pub async fn run(
             reading = rx.recv() => {
                 let Some(r) = reading else { break Ok(()) };
                 hub.record(&r);
-                if let Some(broker) = &json_to {
+                if json == JsonTopics::Always || hub.sparkplug_waiting() {
                     let unit = units.get(&(r.device.clone(), r.tag.clone())).map(String::as_str).unwrap_or("");
                     if let Err(e) = broker.publish(&reading_event(&r, unit)).await {
                         break Err(e);

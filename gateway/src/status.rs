@@ -193,8 +193,9 @@ impl GatewayStatus {
     }
 
     /// Shows the Sparkplug edge node and its command audit in `/api/status`.
-    pub fn set_sparkplug_node(&self, node: Arc<NodeStatus>, audit: Arc<CommandAudit>) {
-        *lock(&self.inner.sparkplug_node) = Some((node, audit));
+    /// The running edge node's status (`None`: not running, e.g. disabled in the config).
+    pub fn set_sparkplug_node(&self, node: Option<(Arc<NodeStatus>, Arc<CommandAudit>)>) {
+        *lock(&self.inner.sparkplug_node) = node;
     }
 
     /// Where the Modbus component posts per-device health.

@@ -7,10 +7,13 @@ Usage: sparkplug_host.py --port PORT [--subscribe FILTER ...] [--client-id ID]
 Prints one JSON object per line on stdout:
   {"event": "ready"}                         once connected and subscribed
   {"topic", "kind": "sparkplug", "type", "group", "node", "device", "seq", "timestamp", "uuid",
-   "metrics": [{"name", "alias", "datatype", "value", "is_null", "timestamp", "properties"}]}
+   "metrics": [{"name", "alias", "datatype", "value", "is_null", "timestamp", "is_historical",
+                "properties"}],
+   "qos", "retain"}                          every message also has the delivery's qos and retain
   {"topic", "kind": "state", "state": {...}}  a STATE message (JSON or 2.2 text)
   {"topic", "kind": "other", "payload": text}
-  {"event": "ack", "id": ID}                 a stdin command was published (PUBACK for QoS 1)
+  {"event": "ack", "id": ID}                 a stdin command was published (written for QoS 0,
+                                             PUBACK for QoS 1)
   {"event": "error", "id": ID, "error": text}
 
 Reads commands as JSON lines on stdin:
@@ -121,6 +124,7 @@ def decode(topic: str, data: bytes) -> dict:
             "is_null": m.is_null,
             "value": None if m.is_null else value_of(m, dt),
             "timestamp": m.timestamp if m.HasField("timestamp") else None,
+            "is_historical": bool(m.is_historical),
             "properties": properties_of(m),
         })
     return {
@@ -209,9 +213,13 @@ def main() -> None:
 
     def on_message(c, userdata, msg):
         try:
-            emit(decode(msg.topic, msg.payload))
+            rec = decode(msg.topic, msg.payload)
         except Exception as e:  # a malformed payload is reported, not fatal
-            emit({"topic": msg.topic, "kind": "undecodable", "error": str(e)})
+            rec = {"topic": msg.topic, "kind": "undecodable", "error": str(e)}
+        # As delivered to a QoS 1 subscription: the QoS is the publisher's (MQTT-3.8.4-6).
+        rec["qos"] = msg.qos
+        rec["retain"] = bool(msg.retain)
+        emit(rec)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -234,10 +242,12 @@ def main() -> None:
                     [{"name": "Node Control/Rebirth", "datatype": "Boolean", "value": True}],
                     c.get("uuid"),
                 )
-                info = client.publish(topic, payload, qos=1)
+                # NCMD and DCMD are QoS 0, not retained (tck-id-topics-ncmd-mqtt,
+                # tck-id-topics-dcmd-mqtt).
+                info = client.publish(topic, payload, qos=0)
             elif cmd == "dcmd":
                 topic = f"spBv1.0/{c['group']}/DCMD/{c['node']}/{c['device']}"
-                info = client.publish(topic, command_payload(c["metrics"], c.get("uuid")), qos=1)
+                info = client.publish(topic, command_payload(c["metrics"], c.get("uuid")), qos=0)
             elif cmd == "state":
                 body = {"online": bool(c["online"]),
                         "timestamp": int(c.get("timestamp") or time.time() * 1000)}

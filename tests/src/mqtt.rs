@@ -224,10 +224,21 @@ impl Mosquitto {
     pub async fn start_with_tls(
         tls: Option<(&std::path::Path, &std::path::Path)>,
     ) -> Result<Mosquitto> {
+        Mosquitto::start_listening(free_port()?, tls).await
+    }
+
+    /// Starts it on `port` (e.g. one a client was told to use before any server listened).
+    pub async fn start_on(port: u16) -> Result<Mosquitto> {
+        Mosquitto::start_listening(port, None).await
+    }
+
+    async fn start_listening(
+        port: u16,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Mosquitto> {
         let dir = tempfile::Builder::new()
             .prefix("ironbridge-mosquitto-")
             .tempdir()?;
-        let port = free_port()?;
         let addr = SocketAddr::from((LOCALHOST, port));
         let conf = dir.path().join("mosquitto.conf");
         let mut text = format!(

@@ -183,3 +183,25 @@ pub fn metric<'a>(msg: &'a Value, name: &str) -> Option<&'a Value> {
 pub fn bdseq(msg: &Value) -> Option<i64> {
     metric(msg, "bdSeq").and_then(|m| m["value"].as_i64())
 }
+
+/// Checks MQTT QoS and retain of every Sparkplug message a [`Host`] received (subscribed at
+/// QoS 1, so the QoS seen is the publisher's): NDEATH QoS 1
+/// (`tck-id-payloads-ndeath-will-message-qos`), every other message type QoS 0
+/// (`tck-id-topics-nbirth-mqtt`, `-dbirth-mqtt`, `-ndata-mqtt`, `-ddata-mqtt`, `-ddeath-mqtt`,
+/// `-ncmd-mqtt`, `-dcmd-mqtt`), none retained. Returns how many messages of each type were
+/// checked, in type order.
+pub fn check_qos_retain(history: &[Value]) -> Result<Vec<(String, usize)>> {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for m in history {
+        let t = m["type"].as_str().unwrap_or_default();
+        let want_qos = if t == "NDEATH" { 1 } else { 0 };
+        anyhow::ensure!(
+            m["qos"] == want_qos && m["retain"] == false,
+            "{t} delivered with qos {} retain {}, want qos {want_qos} retain false: {m}",
+            m["qos"],
+            m["retain"]
+        );
+        *counts.entry(t.to_string()).or_default() += 1;
+    }
+    Ok(counts.into_iter().collect())
+}

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use ironbridge_e2e::gateway::{Gateway, GatewayOptions, prepare, within};
 use ironbridge_e2e::kafka::Record;
 use ironbridge_e2e::pymodbus::{pymodbus_python, start_pymodbus};
+use ironbridge_e2e::sparkplug::{Host, check_qos_retain, is};
 use ironbridge_e2e::{External, KafkaTool, Storage, Tansu, free_port, require};
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -188,6 +189,8 @@ async fn a_kafka_command_writes_the_modbus_register() -> Result<()> {
     within(Duration::from_secs(90), "kafka command write", async {
         let s = setup().await?;
         ensure!(read_register(s.modbus_port, 30).await? == 0);
+        // An independent subscriber sees the DCMD the command becomes.
+        let mut host = Host::start(s.gw.mqtt_port(), &["spBv1.0/plant/DCMD/#"]).await?;
         s.kafka
             .produce_value(
                 "commands",
@@ -199,6 +202,12 @@ async fn a_kafka_command_writes_the_modbus_register() -> Result<()> {
         ensure!(r["outcome"] == "ok", "{r}\nlog tail:\n{}", s.gw.log_tail());
         ensure!(r["kind"] == "DCMD" && r["tag"] == "setpoint", "{r}");
         ensure!(read_register(s.modbus_port, 30).await? == 1234);
+        let dcmd = host
+            .next("the DCMD", Duration::from_secs(10), is("DCMD"))
+            .await?;
+        ensure!(dcmd["topic"] == "spBv1.0/plant/DCMD/gw1/press", "{dcmd}");
+        // QoS 0, not retained (tck-id-topics-dcmd-mqtt).
+        check_qos_retain(&host.history)?;
         Ok(())
     })
     .await

@@ -19,7 +19,7 @@ use ironbridge_adapters::modbus::codec::{DataType, Value as MValue, WordOrder, e
 use ironbridge_adapters::modbus::config::Area;
 use ironbridge_adapters::modbus::sim::{SimServer, Simulator};
 use ironbridge_e2e::gateway::{Gateway, GatewayOptions, Progress, prepare, within};
-use ironbridge_e2e::sparkplug::{Host, bdseq, is, metric};
+use ironbridge_e2e::sparkplug::{Host, bdseq, check_qos_retain, is, metric};
 use ironbridge_e2e::{External, require};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -460,6 +460,13 @@ async fn births_data_and_commands() -> Result<()> {
         gw.stop().await?;
         host.next("NDEATH on stop", Duration::from_secs(10), is("NDEATH"))
             .await?;
+        // QoS and retain of every message type, as an independent subscriber saw them.
+        let checked = check_qos_retain(&host.history)?;
+        let types: Vec<&str> = checked.iter().map(|(t, _)| t.as_str()).collect();
+        for t in ["NBIRTH", "DBIRTH", "DDATA", "NCMD", "DCMD", "NDEATH"] {
+            ensure!(types.contains(&t), "no {t} checked: {checked:?}");
+        }
+        p.note(&format!("QoS/retain checked: {checked:?}"));
         drop(sim);
         Ok(())
     })
@@ -598,6 +605,10 @@ async fn lifecycle_restart_device_loss_rebirth_and_seq_wrap() -> Result<()> {
     .await
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_host_state_gates_births() -> Result<()> {
     if !require(NEEDS)? {
@@ -607,7 +618,7 @@ async fn primary_host_state_gates_births() -> Result<()> {
     within(Duration::from_secs(120), "primary host STATE", async {
         let (_sim, server) = start_plc().await?;
         let gw = Gateway::start(options(server.addr(), "primary_host_id = \"scada\"\n")).await?;
-        let mut host = Host::start(gw.mqtt_port(), &["spBv1.0/#"]).await?;
+        let mut host = Host::start(gw.mqtt_port(), &["spBv1.0/#", "ironbridge/#"]).await?;
         // The node waits for the host (its status says so) while Modbus is polled.
         gw.wait_status(
             "node waiting for the primary host",
@@ -617,6 +628,14 @@ async fn primary_host_state_gates_births() -> Result<()> {
                     && s["sparkplug_node"]["embedded"]["born"] == false
                     && s["devices"][0]["polls"].as_u64().unwrap_or(0) > 0
             },
+        )
+        .await?;
+        // Meanwhile the readings still reach the buffer (and Kafka), as the JSON topics: the
+        // data path never waits for a host.
+        host.next(
+            "JSON readings while the node waits",
+            Duration::from_secs(10),
+            |v| v["kind"] == "other" && v["topic"].as_str().is_some_and(|t| t.starts_with("ironbridge/modbus/plc1/")),
         )
         .await?;
         let t0 = ironbridge_e2e::gateway::now_ms() as u64;
@@ -662,7 +681,81 @@ async fn primary_host_state_gates_births() -> Result<()> {
             .next("NBIRTH", Duration::from_secs(10), is("NBIRTH"))
             .await?;
         ensure!(bdseq(&nb) == Some(1), "{nb}");
+        // A host before Sparkplug 3.0 publishes `STATE/<id>` with ONLINE/OFFLINE text.
+        host.send(json!({"cmd": "raw", "topic": "STATE/scada", "hex": hex(b"OFFLINE")}))
+            .await?;
+        let nd = host
+            .next("NDEATH on a legacy OFFLINE", Duration::from_secs(10), is("NDEATH"))
+            .await?;
+        ensure!(bdseq(&nd) == Some(1), "{nd}");
+        host.send(json!({"cmd": "raw", "topic": "STATE/scada", "hex": hex(b"ONLINE")}))
+            .await?;
+        let nb = host
+            .next("NBIRTH on a legacy ONLINE", Duration::from_secs(10), is("NBIRTH"))
+            .await?;
+        ensure!(bdseq(&nb) == Some(2), "{nb}");
         check_seq(&host.history)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Enabling the edge node through the web API takes effect at once: the answer says applied
+/// (no restart), `/api/status` shows the node, and an independent host sees it born; turning
+/// it off again ends the session with its NDEATH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_sparkplug_live_through_the_api() -> Result<()> {
+    if !require(NEEDS)? {
+        return Ok(());
+    }
+    prepare().await?;
+    within(Duration::from_secs(120), "Sparkplug enabled live", async {
+        let (_sim, server) = start_plc().await?;
+        let mut opts = options(server.addr(), "");
+        opts.extra_toml = opts.extra_toml.replace("enabled = true", "enabled = false");
+        let gw = Gateway::start(opts).await?;
+        let s = gw.status().await?;
+        ensure!(s["sparkplug_node"].is_null(), "{}", s["sparkplug_node"]);
+        let mut host = Host::start(gw.mqtt_port(), &["spBv1.0/#"]).await?;
+
+        let put = |enabled: bool| {
+            let gw = &gw;
+            async move {
+                let resp = gw
+                    .api(reqwest::Method::PUT, "/api/config/sparkplug")?
+                    .json(&json!({"enabled": enabled, "group_id": "plant", "edge_node_id": "gw1"}))
+                    .send()
+                    .await?;
+                let code = resp.status().as_u16();
+                let body: Value = resp.json().await?;
+                ensure!(code == 200, "{code} {body}");
+                Ok::<Value, anyhow::Error>(body)
+            }
+        };
+        let saved = put(true).await?;
+        ensure!(
+            saved["applied"] == true && saved["restart_required"] == false,
+            "{saved}"
+        );
+        let nb = host
+            .next("NBIRTH after enabling", Duration::from_secs(20), is("NBIRTH"))
+            .await?;
+        ensure!(nb["topic"] == "spBv1.0/plant/NBIRTH/gw1", "{nb}");
+        gw.wait_status("node in the status", Duration::from_secs(10), |s| {
+            s["sparkplug_node"]["embedded"]["born"] == true
+        })
+        .await?;
+
+        let saved = put(false).await?;
+        ensure!(saved["applied"] == true, "{saved}");
+        let nd = host
+            .next("NDEATH after disabling", Duration::from_secs(20), is("NDEATH"))
+            .await?;
+        ensure!(bdseq(&nd) == bdseq(&nb), "{nd}");
+        gw.wait_status("node gone from the status", Duration::from_secs(10), |s| {
+            s["sparkplug_node"].is_null()
+        })
+        .await?;
         Ok(())
     })
     .await

@@ -11,10 +11,16 @@ pub struct SparkplugConfig {
     pub enabled: bool,
     /// Sparkplug group id (`spBv1.0/<group_id>/...`).
     pub group_id: String,
-    /// Edge node id. Default: the gateway id.
+    /// Edge node id. Default: the gateway id. With `upstream`, the identity of the upstream
+    /// session (what the SCADA host knows).
     pub edge_node_id: String,
+    /// The embedded broker's session's edge node id when `upstream` is set (one identity per
+    /// live session). Default: `<edge_node_id>-local`. Without `upstream` the embedded session
+    /// is `edge_node_id`.
+    pub embedded_edge_node_id: String,
     /// Primary host application id; when set, births are published only while that host's
-    /// `spBv1.0/STATE/<id>` says it is online (Sparkplug 3.0 primary host awareness).
+    /// STATE (`spBv1.0/STATE/<id>`, or `STATE/<id>` before 3.0) says it is online. With
+    /// `upstream` it is watched on the upstream server only.
     pub primary_host_id: Option<String>,
     /// Also publish the plain JSON topics `ironbridge/modbus/<device>/<tag>` while the edge node
     /// is enabled (they are always published when it is not).
@@ -31,11 +37,23 @@ impl Default for SparkplugConfig {
             enabled: false,
             group_id: "ironbridge".into(),
             edge_node_id: String::new(),
+            embedded_edge_node_id: String::new(),
             primary_host_id: None,
             json_topics: false,
             upstream: None,
             ingest: IngestConfig::default(),
             commands: CommandsConfig::default(),
+        }
+    }
+}
+
+impl SparkplugConfig {
+    /// The embedded session's edge node id, given the effective `edge_node_id`.
+    pub fn embedded_node_id(&self, edge_node_id: &str) -> String {
+        match (&self.upstream, self.embedded_edge_node_id.is_empty()) {
+            (None, _) => edge_node_id.to_string(),
+            (Some(_), true) => format!("{edge_node_id}-local"),
+            (Some(_), false) => self.embedded_edge_node_id.clone(),
         }
     }
 }
@@ -61,10 +79,33 @@ pub struct UpstreamConfig {
     pub ca_file: Option<std::path::PathBuf>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u16,
+    /// Store-and-forward: historical messages replayed per second after the births (live
+    /// data always goes first).
+    #[serde(default = "default_history_rate")]
+    pub history_rate: u32,
+    /// Store-and-forward: changes older than this are not replayed (counted as expired).
+    #[serde(default = "default_history_max_age")]
+    pub history_max_age_s: u64,
+    /// Store-and-forward: at most this many buffer records are kept for replay (the oldest
+    /// beyond are counted as dropped). 0 turns store-and-forward off.
+    #[serde(default = "default_history_max_records")]
+    pub history_max_records: u64,
 }
 
 fn default_keep_alive() -> u16 {
     30
+}
+
+fn default_history_rate() -> u32 {
+    50
+}
+
+fn default_history_max_age() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_history_max_records() -> u64 {
+    1_000_000
 }
 
 /// Ingest of Sparkplug B from other edge nodes publishing to the embedded broker.

@@ -767,6 +767,43 @@ impl NodeCore {
         }
     }
 
+    /// A DDATA (`device`) or NDATA replaying `metrics` (marked `is_historical`) in this
+    /// session's seq. `None` before the birth, or for a device that is not born now (a host
+    /// takes DDATA only after the device's DBIRTH).
+    pub fn historical(
+        &mut self,
+        kind: MessageType,
+        device: Option<&str>,
+        metrics: Vec<Metric>,
+    ) -> Option<Outgoing> {
+        if !self.born || metrics.is_empty() {
+            return None;
+        }
+        let topic = match (kind, device) {
+            (MessageType::DData, Some(d)) => {
+                let dev = self.devices.iter().find(|x| x.model.name == d)?;
+                if !dev.born {
+                    return None;
+                }
+                self.device_topic(MessageType::DData, d)
+            }
+            (MessageType::NData, None) => self.node_topic(MessageType::NData),
+            _ => return None,
+        };
+        if kind == MessageType::DData {
+            self.stats.data_messages += 1;
+        } else {
+            self.stats.node_data_messages += 1;
+        }
+        let mut payload = Payload::new(now_ms(), Some(self.take_seq()));
+        payload.metrics = metrics;
+        Some(Outgoing {
+            message_type: kind,
+            topic,
+            payload,
+        })
+    }
+
     /// Ends the session (NDEATH to publish, then nothing until the next birth).
     pub fn die(&mut self) -> Option<Outgoing> {
         if !self.born {
@@ -818,7 +855,9 @@ pub fn parse_state(payload: &[u8]) -> Option<HostState> {
     }
 }
 
-/// Tracks the primary host: a STATE older than the last one seen is ignored (3.0).
+/// Tracks the primary host: a STATE older than the last one seen is ignored (3.0). Kept for
+/// the life of the edge node, across connections, so an old retained "online" cannot bring a
+/// session back after a newer "offline".
 #[derive(Debug, Default)]
 pub struct HostTracker {
     last_ts: Option<u64>,
@@ -826,22 +865,35 @@ pub struct HostTracker {
 }
 
 impl HostTracker {
-    /// Applies a STATE message; returns the new online state if it changed.
-    pub fn apply(&mut self, s: HostState) -> Option<bool> {
+    /// Applies a STATE message; false (and nothing changes) when it is older than the last.
+    pub fn apply(&mut self, s: HostState) -> bool {
         if let (Some(last), Some(ts)) = (self.last_ts, s.timestamp)
             && ts < last
         {
-            return None;
+            return false;
         }
         if s.timestamp.is_some() {
             self.last_ts = s.timestamp;
         }
-        if s.online == self.online {
-            return None;
-        }
         self.online = s.online;
-        Some(s.online)
+        true
     }
+}
+
+/// The topics a primary host publishes its STATE on: Sparkplug 3.0 `spBv1.0/STATE/<id>` and,
+/// for hosts before 3.0 (e.g. MQTT Engine before 4.0.14), `STATE/<id>`.
+pub fn state_topics(primary_host_id: Option<&str>) -> Vec<String> {
+    primary_host_id
+        .map(|h| {
+            vec![
+                Topic::State {
+                    host_id: h.to_string(),
+                }
+                .to_string(),
+                format!("STATE/{h}"),
+            ]
+        })
+        .unwrap_or_default()
 }
 
 /// Persisted per session: the last bdSeq used and whether the session may have ended without
@@ -892,8 +944,15 @@ pub fn next_bdseq(prev: Option<SessionRecord>) -> u64 {
 #[derive(Clone)]
 pub struct NodeContext {
     pub config: SparkplugConfig,
-    /// The effective edge node id (`sparkplug.edge_node_id`, else the gateway id).
+    /// The effective edge node id (`sparkplug.edge_node_id`, else the gateway id): the
+    /// identity of the upstream session when there is one, else of the embedded session.
     pub edge_node_id: String,
+    /// The embedded session's edge node id: `edge_node_id` without an upstream server, else
+    /// [`SparkplugConfig::embedded_node_id`] (one identity per live session).
+    pub embedded_node_id: String,
+    /// The gateway's buffer: the upstream session follows the embedded session's records in
+    /// it (live data and store-and-forward).
+    pub buffer: Arc<edge_buffer::Log>,
     /// Whether Modbus devices are configured: then the first births wait (up to 5 s) for the
     /// poller to start, so that the NBIRTH already lists them.
     pub expect_devices: bool,
@@ -918,6 +977,9 @@ pub struct NodeStatus {
 pub struct NodeReport {
     pub group_id: String,
     pub edge_node_id: String,
+    /// The embedded session's edge node id (differs from `edge_node_id` with an upstream
+    /// server).
+    pub embedded_edge_node_id: String,
     pub embedded: SessionSnapshot,
     pub upstream: Option<UpstreamReport>,
 }
@@ -931,12 +993,22 @@ pub struct UpstreamReport {
     pub last_error: Option<String>,
     /// Successful connections (each one a new session, next bdSeq).
     pub connects: u64,
+    /// Connection attempts that failed (unreachable, refused, no CONNACK).
+    pub connect_failures: u64,
     /// Publishes written to the connection.
     pub messages_sent: u64,
     /// Publishes that did not fit the bounded send queue (the session is then reborn).
     pub dropped_messages: u64,
-    /// Modbus readings that arrived while there was no upstream session.
-    pub dropped_readings: u64,
+    /// Store-and-forward: buffer records not yet delivered to this server (missed while there
+    /// was no born session, or waiting to be replayed).
+    pub history_pending: u64,
+    /// Historical DDATA/NDATA published after a birth.
+    pub history_replayed: u64,
+    /// History older than `history_max_age_s` when its turn came (not replayed).
+    pub history_expired: u64,
+    /// History beyond `history_max_records`, or of a device not born at replay (not
+    /// replayed).
+    pub history_dropped: u64,
     pub session: SessionSnapshot,
 }
 
@@ -1414,11 +1486,16 @@ impl Embedded<'_> {
         .await?;
         let hub = self.ctx.hub.clone();
         let out = self.core.birth(bdseq, &|d: &str| hub.latest(d));
-        tracing::info!(bdseq, devices = out.len() - 1, "Sparkplug edge node born");
-        self.publish(out).await
+        tracing::info!(bdseq, messages = out.len(), "Sparkplug edge node born");
+        self.publish(out).await?;
+        // From here the session carries the readings; while it waited, the JSON topics did.
+        hub.set_sparkplug_waiting(false);
+        Ok(())
     }
 
-    async fn go_offline(&mut self) -> Result<(), NodeError> {
+    /// Ends the session (NDEATH); `waiting`: for the primary host to come back.
+    async fn go_offline(&mut self, waiting: bool) -> Result<(), NodeError> {
+        self.ctx.hub.set_sparkplug_waiting(waiting);
         if let Some(death) = self.core.die() {
             let bdseq = self.core.bdseq();
             self.publish(vec![death]).await?;
@@ -1443,22 +1520,29 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let group = ctx.config.group_id.clone();
-    let node_id = ctx.edge_node_id.clone();
+    let node_id = ctx.embedded_node_id.clone();
     ctx.status.update(|r| {
         r.group_id = group.clone();
-        r.edge_node_id = node_id.clone();
+        r.edge_node_id = ctx.edge_node_id.clone();
+        r.embedded_edge_node_id = node_id.clone();
     });
+    if ctx.config.upstream.is_none() {
+        // No upstream session: its buffer cursor must not keep segments.
+        if let Err(e) = ctx.buffer.remove_consumer(upstream::CONSUMER) {
+            tracing::warn!(error = %e, "removing the Sparkplug upstream buffer cursor failed");
+        }
+    }
     let ncmd = Topic::node(&group, MessageType::NCmd, &node_id).to_string();
     let dcmd = format!("{}/+", Topic::node(&group, MessageType::DCmd, &node_id));
-    let state_topic = ctx
-        .config
-        .primary_host_id
-        .as_ref()
-        .map(|h| Topic::State { host_id: h.clone() }.to_string());
+    // With an upstream server the primary host lives there: the embedded session (the data
+    // path to the buffer and Kafka) never waits for it. See decision record 0002.
+    let states = if ctx.config.upstream.is_none() {
+        state_topics(ctx.config.primary_host_id.as_deref())
+    } else {
+        Vec::new()
+    };
     let mut filters = vec![ncmd.as_str(), dcmd.as_str()];
-    if let Some(s) = &state_topic {
-        filters.push(s);
-    }
+    filters.extend(states.iter().map(String::as_str));
     let mut sub = ctx
         .broker
         .subscribe(&format!("sparkplug-node:{node_id}"), &filters)
@@ -1503,12 +1587,13 @@ pub async fn run(
         .await?;
     }
     let mut host = HostTracker::default();
-    if state_topic.is_none() {
+    if states.is_empty() {
         node.go_online().await?;
     } else {
         node.core.set_host_online(Some(false));
         node.update_status();
-        tracing::info!(host = ?ctx.config.primary_host_id, "Sparkplug edge node waiting for the primary host's STATE");
+        ctx.hub.set_sparkplug_waiting(true);
+        tracing::info!(host = ?ctx.config.primary_host_id, "Sparkplug edge node waiting for the primary host's STATE (Modbus readings go to the JSON topics meanwhile)");
     }
 
     let (write_tx, write_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -1562,24 +1647,24 @@ pub async fn run(
                     let Some(m) = m else {
                         return Err(NodeError::Task("embedded broker subscription closed".into()));
                     };
-                    if state_topic.as_deref() == Some(m.topic.as_str()) {
+                    if states.contains(&m.topic) {
                         let Some(s) = parse_state(&m.payload) else {
                             tracing::warn!(topic = %m.topic, "unreadable primary host STATE ignored");
                             continue;
                         };
-                        match host.apply(s) {
-                            Some(true) => {
-                                tracing::info!("primary host online");
-                                node.core.set_host_online(Some(true));
-                                node.go_online().await?;
-                            }
-                            Some(false) => {
-                                tracing::info!("primary host offline: ending the Sparkplug session");
-                                node.core.set_host_online(Some(false));
-                                node.go_offline().await?;
-                            }
-                            None => {}
+                        if !host.apply(s) {
+                            tracing::info!(topic = %m.topic, "primary host STATE older than the last one seen: ignored");
+                            continue;
                         }
+                        node.core.set_host_online(Some(host.online));
+                        if host.online && !node.core.is_born() {
+                            tracing::info!("primary host online");
+                            node.go_online().await?;
+                        } else if !host.online && node.core.is_born() {
+                            tracing::info!("primary host offline: ending the Sparkplug session");
+                            node.go_offline(true).await?;
+                        }
+                        node.update_status();
                         continue;
                     }
                     let Ok(Topic::Node { message_type, device_id, .. }) = Topic::parse(&m.topic) else {
@@ -1624,10 +1709,14 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     match result {
         Ok(()) => {
-            node.go_offline().await?;
+            node.go_offline(false).await?;
             Ok(())
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            // Not running: the JSON topics carry the readings until it is again.
+            ctx.hub.set_sparkplug_waiting(true);
+            Err(e)
+        }
     }
 }
 
@@ -1663,7 +1752,36 @@ pub fn validate(
     {
         issues.push(("sparkplug.primary_host_id".into(), e));
     }
+    if !sp.embedded_edge_node_id.is_empty() {
+        let own = if sp.edge_node_id.is_empty() {
+            gateway_id
+        } else {
+            &sp.edge_node_id
+        };
+        if let Err(e) = validate_id(&sp.embedded_edge_node_id) {
+            issues.push(("sparkplug.embedded_edge_node_id".into(), e));
+        } else if sp.upstream.is_none() {
+            issues.push((
+                "sparkplug.embedded_edge_node_id".into(),
+                "needs [sparkplug.upstream] (without it the embedded session is edge_node_id)"
+                    .into(),
+            ));
+        } else if sp.embedded_edge_node_id == own {
+            issues.push((
+                "sparkplug.embedded_edge_node_id".into(),
+                format!(
+                    "must differ from the edge node id {own:?}: two live sessions may not share one identity"
+                ),
+            ));
+        }
+    }
     if let Some(u) = &sp.upstream {
+        if u.history_rate == 0 {
+            issues.push((
+                "sparkplug.upstream.history_rate".into(),
+                "must be at least 1 (messages per second)".into(),
+            ));
+        }
         match u.server.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => issues.push((
@@ -1731,6 +1849,7 @@ pub fn validate(
     issues
 }
 
+pub mod records;
 #[cfg(test)]
 mod tests;
 pub mod upstream;

@@ -284,7 +284,8 @@ impl Context {
         let ev = Event {
             topic: topic.to_string(),
             payload: Bytes::from(bytes),
-            qos: 1,
+            // NCMD/DCMD are QoS 0, not retained (tck-id-topics-ncmd-mqtt, -dcmd-mqtt).
+            qos: 0,
             client_id: Some("ironbridge-kafka-commands".into()),
             ..Event::default()
         };

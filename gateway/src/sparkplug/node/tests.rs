@@ -708,23 +708,30 @@ fn host_state_is_parsed_and_ordered() {
     assert_eq!(parse_state(b"OFFLINE").map(|s| s.online), Some(false));
     assert!(parse_state(b"{}").is_none());
     let mut h = HostTracker::default();
-    assert_eq!(h.apply(s), Some(true));
-    assert_eq!(h.apply(s), None, "no change");
+    assert!(h.apply(s) && h.online);
+    assert!(h.apply(s) && h.online, "the same STATE again (retained, reconnect)");
     // An older OFFLINE (e.g. a late will) is ignored.
+    assert!(!h.apply(HostState {
+        online: false,
+        timestamp: Some(5)
+    }));
+    assert!(h.online);
+    assert!(h.apply(HostState {
+        online: false,
+        timestamp: Some(11)
+    }));
+    assert!(!h.online);
+    // An old retained "online" after a newer "offline" (a reconnect) brings nothing back.
+    assert!(!h.apply(s));
+    assert!(!h.online);
+    // Pre-3.0 hosts: text without timestamps, on STATE/<id>.
+    let mut legacy = HostTracker::default();
+    assert!(legacy.apply(parse_state(b"ONLINE").expect("2.2")) && legacy.online);
     assert_eq!(
-        h.apply(HostState {
-            online: false,
-            timestamp: Some(5)
-        }),
-        None
+        state_topics(Some("scada")),
+        ["spBv1.0/STATE/scada", "STATE/scada"]
     );
-    assert_eq!(
-        h.apply(HostState {
-            online: false,
-            timestamp: Some(11)
-        }),
-        Some(false)
-    );
+    assert!(state_topics(None).is_empty());
 }
 
 #[test]
@@ -782,7 +789,11 @@ fn validation_names_fields() {
         tls: false,
         ca_file: None,
         keep_alive_s: 1,
+        history_rate: 0,
+        history_max_age_s: 60,
+        history_max_records: 10,
     });
+    sp.embedded_edge_node_id = "gw".into();
     let issues = validate(&sp, "gw", &modbus());
     let fields: Vec<&str> = issues.iter().map(|(f, _)| f.as_str()).collect();
     assert_eq!(
@@ -790,6 +801,8 @@ fn validation_names_fields() {
         [
             "sparkplug.group_id",
             "sparkplug.primary_host_id",
+            "sparkplug.embedded_edge_node_id",
+            "sparkplug.upstream.history_rate",
             "sparkplug.upstream.server",
             "sparkplug.upstream.keep_alive_s",
             "sparkplug.upstream.password",
@@ -808,5 +821,119 @@ fn validation_names_fields() {
     assert_eq!(
         validate(&ok, "bad/id", &modbus())[0].0,
         "sparkplug.edge_node_id"
+    );
+    // One identity per live session: the embedded one is distinct only with upstream.
+    assert_eq!(ok.embedded_node_id("gw-1"), "gw-1");
+    let mut up: SparkplugConfig = toml::from_str(
+        "enabled = true\nedge_node_id = \"press\"\n[upstream]\nserver = \"127.0.0.1:1883\"\n",
+    )
+    .expect("parse");
+    assert_eq!(up.embedded_node_id("press"), "press-local");
+    let up_cfg = up.upstream.clone().expect("upstream");
+    assert_eq!(
+        (
+            up_cfg.history_rate,
+            up_cfg.history_max_age_s,
+            up_cfg.history_max_records
+        ),
+        (50, 7 * 24 * 3600, 1_000_000)
+    );
+    up.embedded_edge_node_id = "press-edge".into();
+    assert_eq!(up.embedded_node_id("press"), "press-edge");
+    assert!(validate(&up, "gw-1", &modbus()).is_empty());
+    let mut alone = ok.clone();
+    alone.embedded_edge_node_id = "other".into();
+    assert_eq!(
+        validate(&alone, "gw-1", &modbus())[0].0,
+        "sparkplug.embedded_edge_node_id",
+        "needs upstream"
+    );
+}
+
+/// The embedded session's messages as the upstream session reads them back from the buffer:
+/// each DDATA/DBIRTH/DDEATH becomes the readings it was made from (so the upstream session's
+/// own core reports the same changes, in its own seq), and the history to replay keeps values,
+/// timestamps and quality, marked `is_historical`, by alias only.
+#[test]
+fn embedded_records_become_readings_and_history() {
+    use super::records::{history, readings, session_message};
+    let encode = |o: &Outgoing| {
+        let ev = Event {
+            topic: o.topic.clone(),
+            payload: Bytes::from(o.encode().expect("encode")),
+            ..Event::default()
+        };
+        let mut buf = Vec::new();
+        ev.encode(&mut buf).expect("event");
+        Bytes::from(buf)
+    };
+    let mut embedded = NodeCore::new("plant", "gw1-local", model(&devices()));
+    let mut upstream = NodeCore::new("plant", "gw1", model(&devices()));
+    let out = embedded.birth(0, &none);
+    upstream.birth(0, &none);
+    // Not this node's records: ignored.
+    assert!(session_message(&encode(&out[1]), "plant", "gw1").is_none());
+    let db = session_message(&encode(&out[1]), "plant", "gw1-local").expect("DBIRTH");
+    assert_eq!(db.message_type, MessageType::DBirth);
+    assert!(history(&db).is_none(), "nothing read yet: no values to replay");
+
+    let out = embedded.readings(
+        &[
+            good("press", "temp", Value::F32(21.5), 100),
+            good("press", "setpoint", Value::U16(9), 101),
+            reading("press", "scaled", Some(Value::F64(1.5)), Quality::Stale, 102),
+        ],
+        &none,
+    );
+    assert_eq!(out.len(), 1);
+    let msg = session_message(&encode(&out[0]), "plant", "gw1-local").expect("DDATA");
+    let rs = readings(&upstream, &msg);
+    assert_eq!(
+        rs,
+        [
+            good("press", "temp", Value::F32(21.5), 100),
+            good("press", "setpoint", Value::U16(9), 101),
+            reading("press", "scaled", Some(Value::F64(1.5)), Quality::Stale, 102),
+        ]
+    );
+    // The upstream core reports the same changes by alias, in its own seq.
+    let up = upstream.readings(&rs, &none);
+    assert_eq!(up[0].topic, "spBv1.0/plant/DDATA/gw1/press");
+    assert_eq!(up[0].payload.metrics.len(), 3);
+    assert_eq!(up[0].payload.seq, Some(3));
+
+    let (kind, device, metrics) = history(&msg).expect("history");
+    assert_eq!((kind, device.as_deref()), (MessageType::DData, Some("press")));
+    assert!(metrics.iter().all(|m| m.is_historical && m.name.is_none()));
+    assert_eq!(metrics[0].timestamp, Some(100));
+    let h = upstream
+        .historical(kind, device.as_deref(), metrics)
+        .expect("historical DDATA");
+    assert_eq!(h.payload.seq, Some(4), "history counts in the session's seq");
+    assert_eq!(
+        h.payload.metrics[2]
+            .properties
+            .as_ref()
+            .and_then(|p| p.get("Quality")),
+        Some(&PropertyValue::new(MetricValue::Int32(QUALITY_STALE)))
+    );
+
+    // A DDEATH becomes an unreachable reading: the upstream core sends its DDEATH; history of
+    // a device that is not born is refused.
+    let down = reading("press", "temp", None, Quality::Bad(BadReason::Timeout), 200);
+    let out = embedded.readings(&[down], &none);
+    let msg = session_message(&encode(&out[0]), "plant", "gw1-local").expect("DDEATH");
+    let rs = readings(&upstream, &msg);
+    assert!(rs.iter().all(|r| device_unreachable(&r.quality)));
+    let up = upstream.readings(&rs, &none);
+    assert_eq!(up[0].message_type, MessageType::DDeath);
+    assert!(
+        upstream
+            .historical(
+                MessageType::DData,
+                Some("press"),
+                vec![Metric::aliased(1, MetricValue::Float(1.0))]
+            )
+            .is_none()
     );
 }
