@@ -412,6 +412,16 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
             },
         ))
     };
+    // An edge node that waits for its primary host on the embedded broker from the start: the
+    // JSON topics carry the first readings too (the node clears this once born).
+    {
+        let c = store.current();
+        hub.set_sparkplug_waiting(
+            c.sparkplug.enabled
+                && c.sparkplug.primary_host_id.is_some()
+                && c.sparkplug.upstream.is_none(),
+        );
+    }
     let modbus_task = {
         let (broker, hub, runtime) = (broker.clone(), hub.clone(), runtime_devices.clone());
         tokio::spawn(supervise_config(

@@ -616,7 +616,7 @@ async fn primary_host_state_gates_births() -> Result<()> {
     }
     prepare().await?;
     within(Duration::from_secs(120), "primary host STATE", async {
-        let (_sim, server) = start_plc().await?;
+        let (sim, server) = start_plc().await?;
         let gw = Gateway::start(options(server.addr(), "primary_host_id = \"scada\"\n")).await?;
         let mut host = Host::start(gw.mqtt_port(), &["spBv1.0/#", "ironbridge/#"]).await?;
         // The node waits for the host (its status says so) while Modbus is polled.
@@ -632,6 +632,7 @@ async fn primary_host_state_gates_births() -> Result<()> {
         .await?;
         // Meanwhile the readings still reach the buffer (and Kafka), as the JSON topics: the
         // data path never waits for a host.
+        sim.set_registers(UNIT, Area::InputRegister, 0, &regs(DataType::I16, MValue::I16(44)));
         host.next(
             "JSON readings while the node waits",
             Duration::from_secs(10),

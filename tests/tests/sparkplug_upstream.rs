@@ -443,7 +443,8 @@ async fn upstream_store_and_forward_replays_history() -> Result<()> {
             let back = tokio::time::Instant::now();
             let births_at = host.history.len();
             let (bd1, db1) = births(&mut host, "after reconnect").await?;
-            ensure!(bd1 == (bd0 + 1) % 256, "bdSeq {bd1} after {bd0}");
+            // Each attempt through the cutting proxy sent a CONNECT: each took a bdSeq.
+            ensure!(bd1 > bd0, "bdSeq {bd1} after {bd0}");
             ensure!(
                 metric(&db1, "temp").is_some_and(|m| m["value"] == 229),
                 "the DBIRTH carries the current value: {db1}"
