@@ -65,8 +65,8 @@ echo /etc/ironbridge/ironbridge.toml > "$pkg/DEBIAN/conffiles"
 
 # libc6 at least the newest GLIBC_ symbol version the binary uses; the other shared libraries it
 # needs (libgcc_s) come with libgcc-s1.
-glibc=$(objdump -T "$bin" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
-[ -n "$glibc" ] || fail "no GLIBC_ symbol versions in $bin (objdump -T)"
+glibc=$(readelf -W --dyn-syms "$bin" | grep -o 'GLIBC_[0-9.]*[0-9]' | sed 's/GLIBC_//' | sort -uV | tail -1)
+[ -n "$glibc" ] || fail "no GLIBC_ symbol versions in $bin (readelf --dyn-syms)"
 depends="libc6 (>= $glibc), systemd, ca-certificates"
 needed=$(readelf -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
 for lib in $needed; do
