@@ -306,9 +306,10 @@ say "kill -9: $(check_in_kafka "$work/acked-kill")" || fail "acknowledged messag
 old=$(main_pid)
 t=$(date +%s.%N)
 guest kill -STOP "$old"
-wd_s=$(wait_active "$old")
+wait_active "$old" >/dev/null
+wd_s=$(since "$t")
 guest "journalctl -u ironbridge -b --no-pager | grep -q 'Watchdog timeout'" || fail "no watchdog timeout in the journal"
-say "watchdog: kill -STOP -> 'Watchdog timeout' -> restarted and ready $(since "$t") s after the stop (limit 30 s + restart)"
+say "watchdog: kill -STOP -> 'Watchdog timeout' -> restarted and ready $wd_s s after the stop (WatchdogSec=30 + restart delay + start)"
 
 # ---- upgrade --------------------------------------------------------------------------------
 if [ -n "$next_deb" ]; then
@@ -350,7 +351,8 @@ say "power cut: qemu killed under QoS 1 load after $acked_before acknowledged ($
 start_vm
 t_boot=$t_qemu
 wait_active 0 >/dev/null
-say "power cut: ironbridge active $(since "$t_boot") s after qemu started"
+power_ready_s=$(since "$t_boot")
+say "power cut: ironbridge active $power_ready_s s after qemu started (boot, fsck journal replay, buffer recovery, READY)"
 # Journal replay: the kernel's for the root, systemd-fsck's (e2fsck) for the data disk before its mount.
 guest "{ journalctl -b --no-pager -o cat -k; journalctl -b --no-pager -o cat -u 'systemd-fsck*'; } | grep -Ei 'recovery complete|recovering journal|clean,'" > "$work/ext4.log" || true
 say "power cut: $(tr '\n' ';' < "$work/ext4.log")"
@@ -375,11 +377,12 @@ guest "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ironbridge" > "$work/p
 guest "test ! -e /etc/ironbridge && test -z \"\$(ls -A /var/lib/ironbridge 2>/dev/null)\"" || fail "purge left state behind"
 say "remove kept the buffer and config; purge deleted them"
 
-guest "sync; systemctl poweroff" || true
+# No D-Bus in the image: systemctl says so and powers off through systemd directly.
+guest "sync; systemctl poweroff" 2>/dev/null || true
 for _ in $(seq 120); do kill -0 "$qpid" 2>/dev/null || break; sleep 1; done
 kill "$qpid" 2>/dev/null || true
 qpid=""
 e2fsck -fn "$work/data.img" > "$work/fsck-data.log" 2>&1 || { cat "$work/fsck-data.log"; fail "e2fsck: data disk"; }
 e2fsck -fn "$work/root.img" > "$work/fsck-root.log" 2>&1 || { cat "$work/fsck-root.log"; fail "e2fsck: root disk"; }
-echo "PASS: Debian image test: ready ${ready_s} s after restart, PUBACK ${puback_s} s, kill -9 -> ready ${kill9_s} s," \
+echo "PASS: Debian image test: ready ${ready_s} s after restart, after the power cut active ${power_ready_s} s after qemu started, PUBACK ${puback_s} s, kill -9 -> ready ${kill9_s} s," \
     "watchdog -> ready ${wd_s} s after SIGSTOP, power cut: ${acked_before} acknowledged, none lost; exposure ${guest_score}; total $(since "$t0") s"
