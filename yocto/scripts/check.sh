@@ -50,7 +50,7 @@ need=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' "$root/Cargo.toml" | he
 have=$(sed -n 's/^IRONBRIDGE_MIN_RUST = "\([0-9.]*\)"$/\1/p' "$recipe_dir"/ironbridge_*.bb)
 [ -n "$need" ] && [ "$need" = "$have" ] ||
     fail "IRONBRIDGE_MIN_RUST in ironbridge_*.bb is '$have', Cargo.toml's rust-version is '$need': make them equal"
-for f in systemd/ironbridge.service README.md Cargo.lock; do
+for f in systemd/ironbridge.service systemd/ironbridge.sysusers systemd/ironbridge.tmpfiles README.md Cargo.lock; do
     [ -f "$root/$f" ] || fail "the recipe installs or needs $f from the source tree, and it is missing"
 done
 grep -q '^ExecStart=/usr/bin/ironbridge ' "$root/systemd/ironbridge.service" ||
@@ -59,9 +59,13 @@ grep -q '^StateDirectory=ironbridge' "$root/systemd/ironbridge.service" ||
     fail "systemd/ironbridge.service has no StateDirectory=ironbridge (the data partition is mounted for it)"
 for wks in $(sed -n 's/^WKS_FILE:[a-z0-9-]* = "\(.*\)"$/\1/p' "$layer/recipes-ironbridge/images/ironbridge-image.bb"); do
     [ -f "$layer/files/wic/$wks" ] || fail "ironbridge-image.bb names $wks, which is not in files/wic/"
-    grep -Eq '^part /var/lib/private/ironbridge .*--label ironbridge-data' "$layer/files/wic/$wks" ||
-        fail "$wks has no ironbridge-data partition mounted at /var/lib/private/ironbridge"
+    grep -Eq '^part /var/lib/ironbridge .*--label ironbridge-data' "$layer/files/wic/$wks" ||
+        fail "$wks has no ironbridge-data partition mounted at /var/lib/ironbridge"
 done
+grep -q '^User=ironbridge$' "$root/systemd/ironbridge.service" &&
+    grep -q '^u ironbridge ' "$root/systemd/ironbridge.sysusers" &&
+    sed -n '/^USERADD_PARAM/,/"$/p' "$recipe_dir"/ironbridge_*.bb | tr -d '\\\n' | grep -q -- '--system --user-group .* ironbridge"$' ||
+    fail "the unit's User=, systemd/ironbridge.sysusers and the recipe's USERADD_PARAM must name the same account ironbridge"
 echo "recipe: rust-version $need, unit, README and wks files consistent"
 
 # 3. oelint-adv

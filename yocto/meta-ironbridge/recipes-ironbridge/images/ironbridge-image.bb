@@ -8,7 +8,7 @@ LICENSE = "MIT"
 
 inherit core-image features_check
 
-# The daemon runs as a systemd service (Type=notify, DynamicUser=).
+# The daemon runs as a systemd service (Type=notify, system account ironbridge).
 REQUIRED_DISTRO_FEATURES = "systemd"
 
 IMAGE_INSTALL = "packagegroup-core-boot packagegroup-ironbridge ${CORE_IMAGE_EXTRA_INSTALL}"

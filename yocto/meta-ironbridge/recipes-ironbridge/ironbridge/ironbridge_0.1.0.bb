@@ -61,25 +61,26 @@ CARGO_BUILD_FLAGS += "--package ironbridge --bin ironbridge"
 # its already-stripped QA check is an error. Cargo's environment overrides the manifest's profile.
 export CARGO_PROFILE_RELEASE_STRIP = "false"
 
-# The service's supplementary group (base-passwd has it): useradd makes the name known to
-# do_install below and to the package.
+# The service account, as systemd/ironbridge.sysusers declares it (installed below too): useradd
+# creates it at rootfs time so do_install can give it /etc/ironbridge and the package owns it.
 USERADD_PACKAGES = "${PN}"
-GROUPADD_PARAM:${PN} = "--system dialout"
+USERADD_PARAM:${PN} = "--system --user-group --home-dir ${localstatedir}/lib/ironbridge --no-create-home \
+                       --shell ${base_sbindir}/nologin --comment 'Ironbridge edge gateway' ironbridge"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/systemd/ironbridge.service ${D}${systemd_system_unitdir}/ironbridge.service
 
-    # The unit runs with DynamicUser= and SupplementaryGroups=dialout, and systemd does not chown
-    # a ConfigurationDirectory=: the group lets the service read its configuration.
-    install -d -m 0750 -g dialout ${D}${sysconfdir}/ironbridge
-    install -m 0640 -g dialout ${UNPACKDIR}/ironbridge.toml ${D}${sysconfdir}/ironbridge/ironbridge.toml
+    # The same sysusers.d and tmpfiles.d files as the Debian package (systemd/): the account, and
+    # /etc/ironbridge (secrets; rewritten by the web UI) for that account alone.
+    install -D -m 0644 ${S}/systemd/ironbridge.sysusers ${D}${nonarch_libdir}/sysusers.d/ironbridge.conf
+    install -D -m 0644 ${S}/systemd/ironbridge.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/ironbridge.conf
+    install -d -m 0750 -o ironbridge -g ironbridge ${D}${sysconfdir}/ironbridge
+    install -m 0640 -o ironbridge -g ironbridge ${UNPACKDIR}/ironbridge.toml ${D}${sysconfdir}/ironbridge/ironbridge.toml
 
-    # DynamicUser= keeps StateDirectory= in /var/lib/private/ironbridge (/var/lib/ironbridge is
-    # systemd's link to it); the image mounts the data partition there. systemd wants
-    # /var/lib/private to be 0700.
-    install -d -m 0700 ${D}${localstatedir}/lib/private
-    install -d -m 0750 ${D}${localstatedir}/lib/private/ironbridge
+    # StateDirectory=ironbridge: the image mounts the data partition here; systemd gives it to the
+    # service account at start.
+    install -d -m 0750 -o ironbridge -g ironbridge ${D}${localstatedir}/lib/ironbridge
 
     install -d ${D}${docdir}/${BPN}
     install -m 0644 ${S}/README.md ${D}${docdir}/${BPN}/README.md
@@ -88,7 +89,7 @@ do_install:append() {
 SYSTEMD_SERVICE:${PN} = "ironbridge.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
-FILES:${PN} += "${localstatedir}/lib/private"
+FILES:${PN} += "${localstatedir}/lib/ironbridge ${nonarch_libdir}/sysusers.d ${nonarch_libdir}/tmpfiles.d"
 CONFFILES:${PN} = "${sysconfdir}/ironbridge/ironbridge.toml"
 
 # rustls-native-certs reads the system CA bundle for the Kafka TLS uplink.
