@@ -706,6 +706,24 @@ impl GatewayStatus {
             &one(u.request_timeouts),
         );
         metric(
+            "uplink_duplicates_suppressed_total",
+            "counter",
+            "Records sent again that Kafka recognised as already written (idempotent producer).",
+            &one(u.duplicates_suppressed),
+        );
+        metric(
+            "uplink_unproven_resends_total",
+            "counter",
+            "Records sent again without proof Kafka had not written them (may be duplicated).",
+            &one(u.unproven_resends),
+        );
+        metric(
+            "uplink_producer_resets_total",
+            "counter",
+            "New idempotent producer identities after Kafka refused a sequence or producer id.",
+            &one(u.producer_resets),
+        );
+        metric(
             "uplink_request_limit_bytes",
             "gauge",
             "Current produce request size limit (shrinks after timeouts).",

@@ -29,6 +29,11 @@ Subcommands
       Produces N records whose value is the record index in decimal, zero-padded to 10 digits and then
       padded with 'x' to S bytes. Prints {"count", "bytes", "elapsed_s", "records_per_s", "mb_per_s"}.
       Exits 4 if any record failed. --value TEXT: every value is TEXT instead (e.g. a JSON command).
+  mock-cluster [--brokers N]
+      Starts librdkafka's built-in mock Kafka cluster (test.mock.num.brokers=N, default 3) on 127.0.0.1 in
+      this process, prints {"bootstrap": "host:port,..."} and serves until stdin is closed. Topics are
+      auto-created (4 partitions) on first use; idempotent produce is checked as by Apache Kafka
+      (sequence numbers per producer id and partition).
   partition --partitions N KEY...
       Where Kafka's Java client (default partitioner) puts each keyed record: toPositive(murmur2(key)) % N,
       with murmur2 implemented here, independently of the gateway, and checked against the test vectors of
@@ -354,6 +359,16 @@ def cmd_produce(args):
     return 0
 
 
+def cmd_mock_cluster(args):
+    p = Producer({"test.mock.num.brokers": args.brokers, "log_level": 3})
+    md = p.list_topics(timeout=10)
+    brokers = sorted(md.brokers.values(), key=lambda b: b.id)
+    print(json.dumps({"bootstrap": ",".join(f"{b.host}:{b.port}" for b in brokers)}), flush=True)
+    # The cluster lives as long as this producer: until the parent closes our stdin.
+    sys.stdin.read()
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -389,6 +404,10 @@ def main():
     c.add_argument("--linger-ms", type=int, default=5)
     c.add_argument("--value", help="every record's value, as given (UTF-8) instead of the index")
     c.set_defaults(func=cmd_produce)
+
+    c = sub.add_parser("mock-cluster")
+    c.add_argument("--brokers", type=int, default=3)
+    c.set_defaults(func=cmd_mock_cluster)
 
     c = sub.add_parser("partition")
     c.add_argument("--partitions", type=int, required=True)

@@ -6,6 +6,7 @@
 //! - [`proxy::FaultProxy`]: in-process TCP fault proxy (`pass`, `cut`, `blackhole`, `slow`); the same engine
 //!   runs as the `fault-proxy` binary.
 //! - [`tansu::Tansu`]: the `tansu` Kafka-protocol broker as a child process (memory or SQLite storage).
+//! - [`mock_kafka::MockKafka`]: librdkafka's mock Kafka cluster (several brokers, Apache Kafka's idempotence checks).
 //! - [`kafka`]: create topics, produce and consume with the independent Python client (confluent-kafka).
 //! - [`mqtt`]: publish with `mosquitto_pub` or the Python paho-mqtt script; a `mosquitto` reference broker.
 //! - [`sparkplug::Host`]: the independent Sparkplug B host application (paho + Google protobuf).
@@ -19,6 +20,7 @@ pub mod external;
 pub mod gateway;
 pub mod hostile;
 pub mod kafka;
+pub mod mock_kafka;
 pub mod mqtt;
 pub mod net;
 pub mod process;
@@ -29,6 +31,7 @@ pub mod tansu;
 
 pub use external::{External, require};
 pub use kafka::{KafkaTool, PartitionOffsets, ProduceOptions, ProduceStats, Record};
+pub use mock_kafka::MockKafka;
 pub use mqtt::{Mosquitto, MqttPublish, MqttVersion};
 pub use net::{EchoServer, free_port, wait_for_port};
 pub use proxy::{FaultProxy, Mode};

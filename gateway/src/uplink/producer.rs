@@ -7,6 +7,14 @@
 //! unacknowledged one on the same partition, across retries, reconnects and restarts.
 //! Memory is bounded by one batch (`batch_max_records` / `batch_max_bytes`) plus its Kafka
 //! records, whatever the backlog.
+//!
+//! Idempotence (KIP-98): every request carries the uplink's producer identity and the
+//! partition's next sequence numbers, fixed when the chunk is first sent. A chunk whose outcome
+//! is unknown (timeout, broken connection) is sent again with the same records and stamp, so the
+//! broker recognises it if it had written it. When the broker refuses the stamp (unknown
+//! producer, out-of-order sequence, fenced epoch) the uplink takes a new identity and restamps;
+//! a chunk that was in doubt is then sent without that protection and counted in
+//! `unproven_resends`.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -18,6 +26,9 @@ use edge_buffer::{Log, Reader, StoredRecord};
 use rand::Rng;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
+use rskafka::client::idempotence::{
+    IdempotentAck, ProducerSequences, SequenceStamp, needs_new_identity,
+};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::Record;
@@ -136,6 +147,8 @@ enum ProduceVerdict {
     TopicMissing(String),
     /// The topic exists but may not be written (invalid name, not authorized): dead-letter.
     TopicRejected(String),
+    /// The broker refused the producer stamp (not written): take a new producer identity.
+    Sequence(String),
     Transient(String),
 }
 
@@ -152,6 +165,7 @@ fn classify(e: &KafkaError) -> ProduceVerdict {
             ProtocolError::InvalidTopicException | ProtocolError::TopicAuthorizationFailed => {
                 ProduceVerdict::TopicRejected(msg)
             }
+            e if needs_new_identity(e) => ProduceVerdict::Sequence(msg),
             _ => ProduceVerdict::Transient(msg),
         },
         _ => ProduceVerdict::Transient(msg),
@@ -181,6 +195,13 @@ struct Group {
     chunks: VecDeque<Vec<Built>>,
     /// Size of the last chunk, while the chunks are being built.
     tail_bytes: usize,
+    /// The producer stamp of the first chunk once it was sent: it is resent with exactly
+    /// these records and this stamp until the broker answers.
+    stamp: Option<SequenceStamp>,
+    /// The first chunk was sent and the outcome is unknown (it may be in the log).
+    in_doubt: bool,
+    /// Consecutive timeouts of the stamped first chunk.
+    stamped_timeouts: u32,
 }
 
 impl Group {
@@ -190,6 +211,9 @@ impl Group {
             partition,
             chunks: VecDeque::new(),
             tail_bytes: 0,
+            stamp: None,
+            in_doubt: false,
+            stamped_timeouts: 0,
         }
     }
 
@@ -208,19 +232,44 @@ impl Group {
         }
     }
 
-    /// Splits the records not yet sent into chunks of at most `limit` bytes, in order.
+    /// Splits the records not yet sent into chunks of at most `limit` bytes, in order. A
+    /// stamped first chunk keeps its records (the broker knows it by its stamp).
     fn rechunk(&mut self, limit: usize) {
+        let kept = if self.stamp.is_some() {
+            self.chunks.pop_front()
+        } else {
+            None
+        };
         let pending: Vec<Built> = self.chunks.drain(..).flatten().collect();
         self.tail_bytes = 0;
         for b in pending {
             self.push(b, limit);
         }
+        if let Some(c) = kept {
+            self.chunks.push_front(c);
+        }
+    }
+
+    /// Forgets the first chunk's stamp (the producer identity changed). Returns how many
+    /// records were in doubt: they go again without the broker's duplicate check.
+    fn unstamp(&mut self) -> u64 {
+        let doubtful = if self.in_doubt {
+            self.chunks.front().map_or(0, |c| c.len() as u64)
+        } else {
+            0
+        };
+        self.stamp = None;
+        self.in_doubt = false;
+        self.stamped_timeouts = 0;
+        doubtful
     }
 }
 
 enum GroupResult {
     Done,
     TopicMissing(String),
+    /// The broker refused the producer stamp: a new identity is needed.
+    Sequence(String),
     /// The request did not finish within `request_timeout_ms`.
     TimedOut(String),
     Transient(String),
@@ -277,7 +326,17 @@ pub(crate) struct Uplink {
     /// Consecutive failed rounds; the session is rebuilt after a few.
     failed_rounds: u32,
     request_limit: RequestLimit,
+    /// Producer identity and per-partition sequence numbers; `None` until InitProducerId
+    /// answered (and again after the broker refused the identity).
+    sequences: Option<std::sync::Mutex<ProducerSequences>>,
+    /// The identity was refused: the next one is counted as a reset.
+    identity_refused: bool,
 }
+
+/// A stamped chunk that timed out this often is split anyway under a new identity (its
+/// records then count as `unproven_resends`): a link too slow for it would otherwise get the
+/// same request forever.
+const MAX_STAMPED_TIMEOUTS: u32 = 2;
 
 impl Uplink {
     pub(crate) fn new(
@@ -304,6 +363,8 @@ impl Uplink {
             backoff,
             failed_rounds: 0,
             request_limit,
+            sequences: None,
+            identity_refused: false,
         }
     }
 
@@ -538,7 +599,10 @@ impl Uplink {
                 }));
             }
             let acquired = tokio::select! {
-                r = self.partition_clients(&groups) => r,
+                r = async {
+                    self.ensure_identity().await?;
+                    self.partition_clients(&groups).await
+                } => r,
                 _ = shutdown.wait() => Err(Failure::new("shutting down".into())),
             };
             let (clients, mut missing, mut transient) = match acquired {
@@ -552,6 +616,9 @@ impl Uplink {
                     continue;
                 }
             };
+            let Some(sequences) = self.sequences.as_ref() else {
+                continue;
+            };
             let results = {
                 let status = &self.status;
                 let compression = self.compression;
@@ -562,14 +629,14 @@ impl Uplink {
                     .filter_map(|g| {
                         let key = (Arc::clone(&g.topic), g.partition);
                         let pc = clients.get(&key).cloned()?;
-                        let produce = move |records: Vec<Record>| {
+                        let produce = move |records: Vec<Record>, stamp: SequenceStamp| {
                             let pc = Arc::clone(&pc);
-                            async move { pc.produce(records, compression).await }
+                            async move { pc.produce_idempotent(records, compression, stamp).await }
                         };
                         Some(async move {
                             (
                                 key,
-                                deliver_group(g, produce, status, request_timeout).await,
+                                deliver_group(g, produce, sequences, status, request_timeout).await,
                             )
                         })
                     });
@@ -590,9 +657,14 @@ impl Uplink {
                 }
             };
             let mut timed_out: u64 = 0;
+            let mut refused = false;
             for (key, r) in results {
                 match r {
                     GroupResult::Done => {}
+                    GroupResult::Sequence(m) => {
+                        refused = true;
+                        transient.get_or_insert(m);
+                    }
                     GroupResult::TimedOut(m) => {
                         timed_out += 1;
                         transient.get_or_insert(m);
@@ -614,6 +686,7 @@ impl Uplink {
                 match self.check_missing(&topic).await {
                     Ok(Some(reason)) => {
                         for g in groups.iter_mut().filter(|g| g.topic == topic) {
+                            g.unstamp();
                             for b in g.chunks.drain(..).flatten() {
                                 self.status.dead_letter(b.offset, &b.topic, &reason);
                                 warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
@@ -627,6 +700,16 @@ impl Uplink {
                         transient.get_or_insert(f.message);
                     }
                 }
+            }
+            if groups
+                .iter()
+                .any(|g| g.stamped_timeouts >= MAX_STAMPED_TIMEOUTS)
+            {
+                // Let the rechunk below split the chunk that keeps timing out.
+                refused = true;
+            }
+            if refused {
+                self.new_identity(&mut groups);
             }
             if timed_out > 0 {
                 // rskafka finishes sending an abandoned request in the background; a new
@@ -659,6 +742,45 @@ impl Uplink {
             } else {
                 self.status.set_state(UplinkState::Connected);
             }
+        }
+    }
+
+    /// Gets a producer identity (InitProducerId) if the uplink has none.
+    async fn ensure_identity(&mut self) -> Result<(), Failure> {
+        if self.sequences.is_some() {
+            return Ok(());
+        }
+        let t = self.timeout();
+        let s = self.session().await?;
+        let id = timeout(t, s.client.init_producer_id())
+            .await
+            .map_err(|_| Failure::new(format!("getting a producer id timed out after {t:?}")))?
+            .map_err(|e| Failure::new(format!("getting a producer id: {}", chain(&e))))?;
+        let reset = std::mem::take(&mut self.identity_refused);
+        self.status.producer(id.id, id.epoch, reset);
+        info!(
+            producer_id = id.id,
+            producer_epoch = id.epoch,
+            reset,
+            "uplink: idempotent producer identity"
+        );
+        self.sequences = Some(std::sync::Mutex::new(ProducerSequences::new(id)));
+        Ok(())
+    }
+
+    /// Drops the producer identity (the next round asks for a new one) and every stamp made
+    /// with it. Records of a chunk in doubt are counted: the broker can no longer tell a
+    /// resend of them from new records.
+    fn new_identity(&mut self, groups: &mut [Group]) {
+        self.sequences = None;
+        self.identity_refused = true;
+        let doubtful: u64 = groups.iter_mut().map(Group::unstamp).sum();
+        if doubtful > 0 {
+            warn!(
+                records = doubtful,
+                "uplink: records in doubt are sent again under a new producer identity (may be duplicated)"
+            );
+            self.status.unproven_resends(doubtful);
         }
     }
 
@@ -890,7 +1012,9 @@ impl Uplink {
                     ProduceVerdict::TopicMissing(m) | ProduceVerdict::TopicRejected(m) => {
                         missing.push((Arc::clone(&g.topic), m));
                     }
-                    ProduceVerdict::Reject(m) | ProduceVerdict::Transient(m) => {
+                    ProduceVerdict::Reject(m)
+                    | ProduceVerdict::Sequence(m)
+                    | ProduceVerdict::Transient(m) => {
                         transient.get_or_insert(format!(
                             "finding the leader of {}/{}: {m}",
                             g.topic, g.partition
@@ -975,37 +1099,59 @@ async fn probe(
                 );
                 Ok(Resolution::Missing(reason))
             }
-            ProduceVerdict::Reject(m) | ProduceVerdict::Transient(m) => {
+            ProduceVerdict::Reject(m)
+            | ProduceVerdict::Sequence(m)
+            | ProduceVerdict::Transient(m) => {
                 Err(Failure::new(format!("looking up topic {topic}: {m}")))
             }
         },
     }
 }
 
-/// Sends a group's chunks in order with `produce` (a partition client's, or a fake in tests).
+/// Sends a group's chunks in order with `produce` (a partition client's, or a fake in tests),
+/// each stamped with the producer identity and the partition's next sequence numbers from
+/// `sequences` when it is first sent.
 async fn deliver_group<P, F>(
     g: &mut Group,
     produce: P,
+    sequences: &std::sync::Mutex<ProducerSequences>,
     status: &UplinkStatus,
     request_timeout: Duration,
 ) -> GroupResult
 where
-    P: Fn(Vec<Record>) -> F,
-    F: Future<Output = Result<Vec<i64>, KafkaError>>,
+    P: Fn(Vec<Record>, SequenceStamp) -> F,
+    F: Future<Output = Result<IdempotentAck, KafkaError>>,
 {
+    let lock = || sequences.lock().unwrap_or_else(|e| e.into_inner());
     while let Some(chunk) = g.chunks.front() {
+        let stamp = match g.stamp {
+            Some(s) => s,
+            None => {
+                let s = lock().stamp(&g.topic, g.partition, chunk.len());
+                g.stamp = Some(s);
+                s
+            }
+        };
         let records = chunk.iter().map(|b| b.record.clone()).collect();
         status.request();
-        let r = timeout(request_timeout, produce(records)).await;
+        let r = timeout(request_timeout, produce(records, stamp)).await;
         match r {
             Err(_) => {
+                g.in_doubt = true;
+                g.stamped_timeouts += 1;
                 return GroupResult::TimedOut(format!(
                     "produce to {}/{} timed out after {request_timeout:?}",
                     g.topic, g.partition
                 ));
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(ack)) => {
+                g.stamp = None;
+                g.in_doubt = false;
+                g.stamped_timeouts = 0;
                 if let Some(chunk) = g.chunks.pop_front() {
+                    if ack == IdempotentAck::Duplicate {
+                        status.duplicates_suppressed(chunk.len() as u64);
+                    }
                     for b in &chunk {
                         status.forwarded(b.origin, 1, b.size as u64);
                     }
@@ -1013,6 +1159,10 @@ where
             }
             Ok(Err(e)) => match classify(&e) {
                 ProduceVerdict::Reject(m) => {
+                    // Not written: its sequence numbers go to the records sent in its place.
+                    lock().release(&g.topic, g.partition, stamp, chunk.len());
+                    g.stamp = None;
+                    g.in_doubt = false;
                     let Some(mut chunk) = g.chunks.pop_front() else {
                         continue;
                     };
@@ -1030,6 +1180,8 @@ where
                     }
                 }
                 ProduceVerdict::TopicRejected(m) => {
+                    lock().release(&g.topic, g.partition, stamp, chunk.len());
+                    g.unstamp();
                     let reason = format!("topic {} rejected the records: {m}", g.topic);
                     for b in g.chunks.drain(..).flatten() {
                         warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
@@ -1037,7 +1189,15 @@ where
                     }
                 }
                 ProduceVerdict::TopicMissing(m) => return GroupResult::TopicMissing(m),
+                ProduceVerdict::Sequence(m) => {
+                    return GroupResult::Sequence(format!(
+                        "produce to {}/{}: {m}",
+                        g.topic, g.partition
+                    ));
+                }
                 ProduceVerdict::Transient(m) => {
+                    // A broken connection may have lost the answer, not the request.
+                    g.in_doubt |= !matches!(e, KafkaError::ServerError { .. });
                     return GroupResult::Transient(format!(
                         "produce to {}/{}: {m}",
                         g.topic, g.partition
@@ -1052,6 +1212,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rskafka::client::idempotence::ProducerIdentity;
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_max() {
@@ -1103,11 +1264,17 @@ mod tests {
             chunks.push_back(c.to_vec());
         }
         Group {
-            topic: Arc::from("t"),
-            partition: 0,
             chunks,
-            tail_bytes: 0,
+            ..Group::new(Arc::from("t"), 0)
         }
+    }
+
+    fn sequences() -> std::sync::Mutex<ProducerSequences> {
+        std::sync::Mutex::new(ProducerSequences::new(ProducerIdentity { id: 7, epoch: 0 }))
+    }
+
+    fn appended() -> Result<IdempotentAck, KafkaError> {
+        Ok(IdempotentAck::Appended { base_offset: 0 })
     }
 
     fn values(records: &[Record]) -> Vec<String> {
@@ -1122,21 +1289,26 @@ mod tests {
     #[tokio::test]
     async fn too_large_requests_are_split_until_the_culprit_is_dead_lettered() {
         let seen = std::sync::Mutex::new(Vec::<Vec<String>>::new());
-        let produce = |records: Vec<Record>| {
+        let stamps = std::sync::Mutex::new(Vec::<i32>::new());
+        let produce = |records: Vec<Record>, stamp: SequenceStamp| {
             let v = values(&records);
             let bad = v.iter().any(|s| s == "BAD");
             seen.lock().expect("lock").push(v);
+            if !bad {
+                stamps.lock().expect("lock").push(stamp.base_sequence);
+            }
             async move {
                 if bad {
                     Err(server_error(ProtocolError::MessageTooLarge))
                 } else {
-                    Ok((0..records.len() as i64).collect())
+                    appended()
                 }
             }
         };
         let status = UplinkStatus::new();
+        let seqs = sequences();
         let mut g = group(&["a", "b", "c", "d", "BAD", "f", "g", "h"], 8);
-        let r = deliver_group(&mut g, produce, &status, Duration::from_secs(5)).await;
+        let r = deliver_group(&mut g, produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert!(g.chunks.is_empty());
         let s = status.snapshot();
@@ -1152,29 +1324,33 @@ mod tests {
             .cloned()
             .collect();
         assert_eq!(accepted, ["a", "b", "c", "d", "f", "g", "h"]);
+        // Refused requests gave their sequence numbers back: the accepted ones have no gap
+        // (a-d at 0, f at 4, g-h at 5).
+        assert_eq!(*stamps.lock().expect("lock"), [0, 4, 5]);
     }
 
     #[tokio::test]
     async fn transient_errors_keep_the_rest_in_order_for_the_next_round() {
         let calls = std::sync::atomic::AtomicUsize::new(0);
-        let produce = |records: Vec<Record>| {
+        let produce = |_records: Vec<Record>, _stamp: SequenceStamp| {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if n == 1 {
                     Err(server_error(ProtocolError::NotLeaderOrFollower))
                 } else {
-                    Ok((0..records.len() as i64).collect())
+                    appended()
                 }
             }
         };
+        let seqs = sequences();
         let status = UplinkStatus::new();
         let mut g = group(&["a", "b", "c", "d", "e", "f"], 2);
-        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Transient(_)));
         // The first chunk went; the second failed and stays first in line.
         let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
         assert_eq!(left, [2, 3, 4, 5]);
-        let r = deliver_group(&mut g, &produce, &status, Duration::from_secs(5)).await;
+        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert_eq!(status.snapshot().forwarded_records, 6);
     }
@@ -1183,16 +1359,17 @@ mod tests {
     async fn unknown_topic_and_rejected_topic() {
         let status = UplinkStatus::new();
         let mut g = group(&["a", "b"], 1);
-        let missing = |_r: Vec<Record>| async {
-            Err::<Vec<i64>, _>(server_error(ProtocolError::UnknownTopicOrPartition))
+        let seqs = sequences();
+        let missing = |_r: Vec<Record>, _s: SequenceStamp| async {
+            Err::<IdempotentAck, _>(server_error(ProtocolError::UnknownTopicOrPartition))
         };
-        let r = deliver_group(&mut g, missing, &status, Duration::from_secs(5)).await;
+        let r = deliver_group(&mut g, missing, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::TopicMissing(_)));
         assert_eq!(g.chunks.len(), 2);
-        let denied = |_r: Vec<Record>| async {
-            Err::<Vec<i64>, _>(server_error(ProtocolError::TopicAuthorizationFailed))
+        let denied = |_r: Vec<Record>, _s: SequenceStamp| async {
+            Err::<IdempotentAck, _>(server_error(ProtocolError::TopicAuthorizationFailed))
         };
-        let r = deliver_group(&mut g, denied, &status, Duration::from_secs(5)).await;
+        let r = deliver_group(&mut g, denied, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert_eq!(status.snapshot().dead_lettered, 2);
     }
@@ -1201,10 +1378,96 @@ mod tests {
     async fn a_hanging_request_times_out() {
         let status = UplinkStatus::new();
         let mut g = group(&["a"], 1);
-        let hang = |_r: Vec<Record>| std::future::pending::<Result<Vec<i64>, KafkaError>>();
-        let r = deliver_group(&mut g, hang, &status, Duration::from_millis(50)).await;
+        let seqs = sequences();
+        let hang = |_r: Vec<Record>, _s: SequenceStamp| {
+            std::future::pending::<Result<IdempotentAck, KafkaError>>()
+        };
+        let r = deliver_group(&mut g, hang, &seqs, &status, Duration::from_millis(50)).await;
         assert!(matches!(r, GroupResult::TimedOut(m) if m.contains("timed out")));
         assert_eq!(g.chunks.len(), 1);
+        assert!(g.in_doubt);
+    }
+
+    /// KIP-98: a batch whose outcome is unknown goes again with the same records and stamp,
+    /// so the broker can recognise it; a duplicate answer counts as delivered, once.
+    #[tokio::test]
+    async fn a_request_in_doubt_is_resent_with_the_same_stamp() {
+        let status = UplinkStatus::new();
+        let seqs = sequences();
+        let mut g = group(&["a", "b", "c", "d"], 2);
+        let sent = std::sync::Mutex::new(Vec::<(Vec<String>, i32)>::new());
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let produce = |records: Vec<Record>, stamp: SequenceStamp| {
+            sent.lock()
+                .expect("lock")
+                .push((values(&records), stamp.base_sequence));
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    // The first request is written but its answer never comes.
+                    0 => std::future::pending().await,
+                    1 => Ok(IdempotentAck::Duplicate),
+                    _ => appended(),
+                }
+            }
+        };
+        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_millis(50)).await;
+        assert!(matches!(r, GroupResult::TimedOut(_)));
+        // A smaller request limit must not split the chunk the broker may have.
+        g.rechunk(1);
+        assert_eq!(g.chunks.front().map(Vec::len), Some(2));
+        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Done));
+        let sent = sent.lock().expect("lock").clone();
+        let expected: Vec<(Vec<String>, i32)> = vec![
+            (vec!["a".into(), "b".into()], 0),
+            (vec!["a".into(), "b".into()], 0),
+            (vec!["c".into()], 2),
+            (vec!["d".into()], 3),
+        ];
+        assert_eq!(sent, expected);
+        let s = status.snapshot();
+        assert_eq!((s.forwarded_records, s.duplicates_suppressed), (4, 2));
+    }
+
+    /// An out-of-order answer means the batch was not written: the group stops with its
+    /// records, and after a new identity only a chunk in doubt is counted as unproven.
+    #[tokio::test]
+    async fn a_refused_stamp_asks_for_a_new_identity() {
+        let status = UplinkStatus::new();
+        let seqs = sequences();
+        let mut g = group(&["a", "b"], 2);
+        let refuse = |_r: Vec<Record>, _s: SequenceStamp| async {
+            Err::<IdempotentAck, _>(server_error(ProtocolError::OutOfOrderSequenceNumber))
+        };
+        let r = deliver_group(&mut g, refuse, &seqs, &status, Duration::from_secs(5)).await;
+        assert!(matches!(r, GroupResult::Sequence(_)));
+        assert_eq!(g.chunks.len(), 1);
+        assert!(g.stamp.is_some() && !g.in_doubt);
+        assert_eq!(g.unstamp(), 0);
+        g.stamp = Some(SequenceStamp {
+            producer: ProducerIdentity { id: 7, epoch: 0 },
+            base_sequence: 0,
+        });
+        g.in_doubt = true;
+        assert_eq!(g.unstamp(), 2);
+        assert!(g.stamp.is_none());
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_and_are_given_back_only_by_the_last_batch() {
+        use rskafka::client::idempotence::increment_sequence;
+        assert_eq!(increment_sequence(i32::MAX, 1), 0);
+        assert_eq!(increment_sequence(i32::MAX - 2, 5), 2);
+        let mut s = ProducerSequences::new(ProducerIdentity { id: 1, epoch: 0 });
+        let t: Arc<str> = Arc::from("t");
+        let a = s.stamp(&t, 0, 3);
+        let b = s.stamp(&t, 0, 2);
+        assert_eq!((a.base_sequence, b.base_sequence), (0, 3));
+        assert_eq!(s.stamp(&t, 1, 1).base_sequence, 0);
+        assert!(!s.release(&t, 0, a, 3));
+        assert!(s.release(&t, 0, b, 2));
+        assert_eq!(s.stamp(&t, 0, 1).base_sequence, 3);
     }
 
     #[test]

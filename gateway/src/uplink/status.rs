@@ -95,6 +95,16 @@ pub struct UplinkSnapshot {
     /// Buffer records dropped by the buffer's full policy before the uplink read them.
     pub buffer_missed: u64,
     pub last_error: Option<ErrorInfo>,
+    /// Idempotent producer id (KIP-98) the uplink stamps its batches with; -1 before it has one.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// New producer identities taken after the broker refused a batch's sequence or producer.
+    pub producer_resets: u64,
+    /// Records sent again that the broker recognised as already written (not duplicated).
+    pub duplicates_suppressed: u64,
+    /// Records sent again without proof that the broker had not written them before
+    /// (at-least-once fallback): each may appear twice in Kafka.
+    pub unproven_resends: u64,
 }
 
 impl UplinkSnapshot {
@@ -159,6 +169,11 @@ impl UplinkStatus {
                     last_dead_letter: None,
                     buffer_missed: 0,
                     last_error: None,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    producer_resets: 0,
+                    duplicates_suppressed: 0,
+                    unproven_resends: 0,
                 },
                 oldest_pending_ms: None,
             }),
@@ -313,6 +328,24 @@ impl UplinkStatus {
         if g.oldest_pending_ms.is_none() {
             g.oldest_pending_ms = Some(oldest_pending_ms);
         }
+    }
+
+    /// A new producer identity; `reset` when it replaces one the broker refused.
+    pub(crate) fn producer(&self, id: i64, epoch: i16, reset: bool) {
+        let mut g = self.lock();
+        g.snap.producer_id = id;
+        g.snap.producer_epoch = epoch;
+        if reset {
+            g.snap.producer_resets += 1;
+        }
+    }
+
+    pub(crate) fn duplicates_suppressed(&self, records: u64) {
+        self.lock().snap.duplicates_suppressed += records;
+    }
+
+    pub(crate) fn unproven_resends(&self, records: u64) {
+        self.lock().snap.unproven_resends += records;
     }
 
     pub(crate) fn missed(&self, n: u64) {

@@ -14,6 +14,7 @@ use crate::{
 pub mod consumer;
 pub mod controller;
 pub mod error;
+pub mod idempotence;
 pub(crate) mod metadata_cache;
 pub mod partition;
 pub mod producer;

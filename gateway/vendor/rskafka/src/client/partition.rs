@@ -31,7 +31,11 @@ use std::{
 use tokio::sync::Mutex;
 use tracing::{debug, error, info};
 
-use super::{error::ServerErrorResponse, metadata_cache::MetadataCacheGeneration};
+use super::{
+    error::ServerErrorResponse,
+    idempotence::{IdempotentAck, SequenceStamp},
+    metadata_cache::MetadataCacheGeneration,
+};
 
 /// How strongly a [`PartitionClient`] is bound to a partition.
 ///
@@ -202,7 +206,8 @@ impl PartitionClient {
         }
 
         let n = records.len() as i64;
-        let request = &build_produce_request(self.partition, &self.topic, records, compression);
+        let request =
+            &build_produce_request(self.partition, &self.topic, records, compression, None);
 
         maybe_retry(
             &self.backoff_config,
@@ -221,6 +226,62 @@ impl PartitionClient {
                 maybe_throttle(response.throttle_time_ms)?;
                 process_produce_response(self.partition, &self.topic, n, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
+            },
+        )
+        .await
+    }
+
+    /// Produce a batch of records as an idempotent producer (KIP-98): the batch carries the
+    /// producer identity and base sequence of `stamp`.
+    ///
+    /// After a timeout or a broken connection, send the same records with the same stamp
+    /// again: if the leader had appended them, it answers [`IdempotentAck::Duplicate`] (or,
+    /// Apache Kafka, the original offsets) instead of appending them twice. Errors for which
+    /// [`needs_new_identity`](super::idempotence::needs_new_identity) holds mean the batch was
+    /// not written.
+    pub async fn produce_idempotent(
+        &self,
+        records: Vec<Record>,
+        compression: Compression,
+        stamp: SequenceStamp,
+    ) -> Result<IdempotentAck> {
+        if records.is_empty() {
+            return Ok(IdempotentAck::Duplicate);
+        }
+        let n = records.len() as i64;
+        let request = &build_produce_request(
+            self.partition,
+            &self.topic,
+            records,
+            compression,
+            Some(stamp),
+        );
+
+        maybe_retry(
+            &self.backoff_config,
+            self.unknown_topic_handling,
+            self,
+            "produce",
+            || async move {
+                let (broker, r#gen) = self
+                    .get()
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
+                let response = broker
+                    .request(&request)
+                    .await
+                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
+                maybe_throttle(response.throttle_time_ms)?;
+                match process_produce_response(self.partition, &self.topic, n, response) {
+                    Ok(offsets) => Ok(IdempotentAck::Appended {
+                        base_offset: offsets.first().copied().unwrap_or(-1),
+                    }),
+                    Err(Error::ServerError {
+                        protocol_error: ProtocolError::DuplicateSequenceNumber,
+                        ..
+                    }) => Ok(IdempotentAck::Duplicate),
+                    Err(e) => Err(ErrorOrThrottle::Error((e, Some(r#gen)))),
+                }
             },
         )
         .await
@@ -648,6 +709,7 @@ fn build_produce_request(
     topic: &str,
     records: Vec<Record>,
     compression: Compression,
+    stamp: Option<SequenceStamp>,
 ) -> ProduceRequest {
     let n = records.len() as i32;
 
@@ -683,7 +745,7 @@ fn build_produce_request(
             partition_leader_epoch: 0,
             last_offset_delta: n - 1,
             is_transactional: false,
-            base_sequence: -1,
+            base_sequence: stamp.map_or(-1, |s| s.base_sequence),
             compression: match compression {
                 Compression::NoCompression => RecordBatchCompression::NoCompression,
                 #[cfg(feature = "compression-gzip")]
@@ -696,8 +758,8 @@ fn build_produce_request(
                 Compression::Zstd => RecordBatchCompression::Zstd,
             },
             timestamp_type: RecordBatchTimestampType::CreateTime,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: stamp.map_or(-1, |s| s.producer.id),
+            producer_epoch: stamp.map_or(-1, |s| s.producer.epoch),
             first_timestamp: first_timestamp.timestamp_millis(),
             max_timestamp: max_timestamp.timestamp_millis(),
             records: ControlBatchOrRecords::Records(records),
