@@ -491,6 +491,7 @@ impl Config {
             &self.gateway_id(),
             &modbus,
         ));
+        issues.extend(crate::sparkplug::ingest::validate(&self.sparkplug.ingest));
         if let Err(modbus) = self.modbus.validate() {
             issues.extend(
                 modbus

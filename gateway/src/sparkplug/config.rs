@@ -120,6 +120,12 @@ pub struct IngestConfig {
     pub rebirth_min_interval_ms: u64,
     /// Metrics per payload beyond which a payload is counted oversize and skipped.
     pub max_metrics: usize,
+    /// Sparkplug 3.0 "Reorder Timeout": after a seq jump, wait this long for the missing
+    /// messages before requesting a rebirth. 0: no window, a jump requests a rebirth at once.
+    pub reorder_timeout_ms: u64,
+    /// Act as a Sparkplug host application with this host id: publish `spBv1.0/STATE/<host_id>`
+    /// (retained, QoS 1) on the embedded broker. None: no STATE (default).
+    pub host_id: Option<String>,
 }
 
 impl Default for IngestConfig {
@@ -129,6 +135,8 @@ impl Default for IngestConfig {
             request_rebirth: true,
             rebirth_min_interval_ms: 5_000,
             max_metrics: 10_000,
+            reorder_timeout_ms: 0,
+            host_id: None,
         }
     }
 }

@@ -17,7 +17,19 @@
 //! re-read birth replaces the stored one). A data record whose birth is older than the history
 //! or was never in the buffer (e.g. dropped by `drop_oldest`) is sent with `"resolved": false`
 //! and the alias, never with a wrong name.
+//!
+//! # Deaths make the metrics of the last births stale
+//!
+//! For `sparkplug_metrics` a DDEATH becomes one record per metric of the device's last DBIRTH
+//! and an NDEATH one per metric of the node's last NBIRTH and of the last DBIRTH of every device
+//! of that node still alive then, each with `"quality": "stale"` — what a Sparkplug host does
+//! with its tags (tck-id-operational-behavior-edge-node-termination-host-action-*-tags-stale).
+//! "Alive" is judged in log order like aliases: a DBIRTH after the node's NBIRTH and not
+//! followed by a DDEATH (deaths are remembered since start; a device whose DDEATH was read
+//! before a restart is made stale once more by the NDEATH). An NDEATH whose `bdSeq` differs
+//! from the NBIRTH's ends an older session and makes nothing stale.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -44,6 +56,15 @@ pub struct Decoded {
     pub payload: Result<Payload, PayloadError>,
     /// Per metric: whether its name and datatype are known (from the message or a birth).
     pub resolved: Vec<bool>,
+    /// For a death: the births whose metrics it makes stale (see the module docs).
+    pub stale: Vec<StaleBirth>,
+}
+
+/// The metrics of one birth made stale by a death.
+pub struct StaleBirth {
+    /// The device (None: the node's own metrics).
+    pub device_id: Option<String>,
+    pub birth: Arc<Birth>,
 }
 
 /// See the module docs.
@@ -51,7 +72,14 @@ pub struct SparkplugDecoder {
     cache: BirthCache,
     limits: Limits,
     log: LogLimiter,
+    /// Device ids per node key, from the births read (and those in the stored history).
+    devices: HashMap<String, BTreeSet<String>>,
+    /// Offset of the last DDEATH per device key.
+    deaths: HashMap<String, u64>,
 }
+
+/// Device keys remembered for stale records at most (as many as the birth history holds).
+const MAX_DEVICES: usize = 4096;
 
 impl SparkplugDecoder {
     pub fn new(state: Option<&StateStore>) -> SparkplugDecoder {
@@ -62,10 +90,98 @@ impl SparkplugDecoder {
                 None
             }
         });
+        let mut devices: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for k in tree.iter().flat_map(|t| t.iter().keys()).flatten() {
+            // Sparkplug ids cannot contain '/': `group/node/device` is a device key.
+            let k = String::from_utf8_lossy(&k).into_owned();
+            if let Some((node, device)) = k.rsplit_once('/')
+                && node.contains('/')
+            {
+                devices
+                    .entry(node.to_string())
+                    .or_default()
+                    .insert(device.to_string());
+            }
+        }
         SparkplugDecoder {
             cache: BirthCache::open(tree, CacheLimits::default()),
             limits: Limits::default(),
             log: LogLimiter::default(),
+            devices,
+            deaths: HashMap::new(),
+        }
+    }
+
+    fn remember_device(&mut self, node_key: String, device: &str) {
+        let known: usize = self.devices.values().map(BTreeSet::len).sum();
+        let set = self.devices.entry(node_key).or_default();
+        if known < MAX_DEVICES || set.contains(device) {
+            set.insert(device.to_string());
+        }
+    }
+
+    /// The births a death at `offset` makes stale.
+    fn stale(
+        &mut self,
+        p: &Payload,
+        message_type: MessageType,
+        node_key: &str,
+        device_id: Option<&str>,
+        offset: u64,
+    ) -> Vec<StaleBirth> {
+        let node = self.cache.resolve(node_key, offset);
+        let alive = |this: &Self, device: &str| -> Option<Arc<Birth>> {
+            let key = format!("{node_key}/{device}");
+            let b = this.cache.resolve(&key, offset)?;
+            let after_node = node.as_ref().is_none_or(|n| b.position > n.position);
+            let dead = this
+                .deaths
+                .get(&key)
+                .is_some_and(|&d| d > b.position && d < offset);
+            (after_node && !dead).then_some(b)
+        };
+        match (message_type, device_id) {
+            (MessageType::DDeath, Some(d)) => {
+                let stale = alive(self, d)
+                    .map(|birth| StaleBirth {
+                        device_id: Some(d.to_string()),
+                        birth,
+                    })
+                    .into_iter()
+                    .collect();
+                self.deaths.insert(format!("{node_key}/{d}"), offset);
+                stale
+            }
+            (MessageType::NDeath, None) => {
+                let Some(node) = node.clone() else {
+                    return Vec::new();
+                };
+                let bd_seq = p
+                    .metrics
+                    .iter()
+                    .find(|m| m.name.as_deref() == Some("bdSeq"))
+                    .and_then(|m| m.value.as_ref())
+                    .and_then(MetricValue::as_f64)
+                    .map(|f| f as u64);
+                if bd_seq.is_some() && node.bd_seq.is_some() && bd_seq != node.bd_seq {
+                    return Vec::new();
+                }
+                let mut stale = vec![StaleBirth {
+                    device_id: None,
+                    birth: node,
+                }];
+                let devices = self.devices.get(node_key).cloned().unwrap_or_default();
+                for d in devices {
+                    if let Some(birth) = alive(self, &d) {
+                        stale.push(StaleBirth {
+                            device_id: Some(d),
+                            birth,
+                        });
+                    }
+                }
+                stale
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -86,6 +202,8 @@ impl SparkplugDecoder {
         };
         let mut payload = decode_payload(&event.payload, &self.limits);
         let mut resolved = Vec::new();
+        let mut stale = Vec::new();
+        let node_key = births::key(&group_id, &edge_node_id, None);
         match &mut payload {
             Err(e) => {
                 if let Some(suppressed) = self.log.allow("undecodable") {
@@ -98,6 +216,9 @@ impl SparkplugDecoder {
                     let key = births::key(&group_id, &edge_node_id, device_id.as_deref());
                     let (birth, _) = Birth::from_payload(p, offset);
                     self.cache.record(&key, birth);
+                    if let Some(d) = &device_id {
+                        self.remember_device(node_key.clone(), d);
+                    }
                     resolved = p
                         .metrics
                         .iter()
@@ -105,9 +226,11 @@ impl SparkplugDecoder {
                         .collect();
                 }
                 _ => {
-                    let node = self
-                        .cache
-                        .resolve(&births::key(&group_id, &edge_node_id, None), offset);
+                    if is_death(message_type) {
+                        stale =
+                            self.stale(p, message_type, &node_key, device_id.as_deref(), offset);
+                    }
+                    let node = self.cache.resolve(&node_key, offset);
                     let device = device_id.as_deref().and_then(|d| {
                         self.cache
                             .resolve(&births::key(&group_id, &edge_node_id, Some(d)), offset)
@@ -127,6 +250,7 @@ impl SparkplugDecoder {
             message_type,
             payload,
             resolved,
+            stale,
         })
     }
 }
@@ -272,6 +396,9 @@ pub fn metric_values(d: &Decoded, event: &Event, received_at: i64) -> Vec<Arc<[u
         h.insert("message_timestamp".into(), json!(p.timestamp));
         h
     };
+    if !d.stale.is_empty() {
+        return stale_values(d, p, base, received_at);
+    }
     if p.metrics.is_empty() {
         let mut o = base;
         o.insert("name".into(), Json::Null);
@@ -302,6 +429,37 @@ pub fn metric_values(d: &Decoded, event: &Event, received_at: i64) -> Vec<Arc<[u
             if is_death(d.message_type) {
                 o.insert("quality".into(), json!("stale"));
             }
+            Arc::from(serde_json::to_vec(&Json::Object(o)).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// One record per metric a death makes stale. It carries no value: the metric keeps its last
+/// one, which is no longer current. The time is the DDEATH's timestamp, and for an NDEATH —
+/// which the MQTT server may publish long after the node went — the gateway's receipt time.
+fn stale_values(
+    d: &Decoded,
+    p: &Payload,
+    base: Map<String, Json>,
+    received_at: i64,
+) -> Vec<Arc<[u8]>> {
+    let at = match d.message_type {
+        MessageType::DDeath => p.timestamp.map_or(json!(received_at), |t| json!(t)),
+        _ => json!(received_at),
+    };
+    d.stale
+        .iter()
+        .flat_map(|s| s.birth.metrics.iter().map(move |m| (s, m)))
+        .map(|(s, m)| {
+            let mut o = base.clone();
+            o.insert("device_id".into(), json!(s.device_id));
+            o.insert("name".into(), json!(m.name));
+            if let Some(a) = m.alias {
+                o.insert("alias".into(), json!(a));
+            }
+            o.insert("datatype".into(), json!(m.datatype.name()));
+            o.insert("timestamp".into(), at.clone());
+            o.insert("quality".into(), json!("stale"));
             Arc::from(serde_json::to_vec(&Json::Object(o)).unwrap_or_default())
         })
         .collect()
@@ -376,6 +534,118 @@ mod tests {
         assert_eq!(v["metrics"][0]["resolved"], false);
         assert_eq!(v["metrics"][0]["alias"], 1);
         assert!(v["metrics"][0]["name"].is_null());
+    }
+
+    fn nbirth(bd_seq: i64) -> Payload {
+        Payload::new(1, Some(0))
+            .with_metric(Metric::new("bdSeq", MetricValue::Int64(bd_seq)))
+            .with_metric(Metric::new(
+                "Node Control/Rebirth",
+                MetricValue::Boolean(false),
+            ))
+    }
+
+    fn ndeath(bd_seq: i64) -> Payload {
+        Payload::new(50, None).with_metric(Metric::new("bdSeq", MetricValue::Int64(bd_seq)))
+    }
+
+    /// (device_id, name, quality) of each record.
+    fn stale_of(d: &mut SparkplugDecoder, e: &Event, offset: u64) -> Vec<(Json, Json, Json)> {
+        let o = d.observe(e, offset).expect("decoded");
+        metric_values(&o, e, 777)
+            .iter()
+            .map(|v| {
+                let v = value(v);
+                (
+                    v["device_id"].clone(),
+                    v["name"].clone(),
+                    v["quality"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deaths_make_every_metric_of_the_last_births_stale() {
+        let store = StateStore::temporary().expect("store");
+        let mut d = SparkplugDecoder::new(Some(&store));
+        d.observe(&ev("spBv1.0/g/NBIRTH/n", &nbirth(3)), 1);
+        d.observe(&ev("spBv1.0/g/DBIRTH/n/d1", &birth(1)), 2);
+        let x = Payload::new(1, Some(2))
+            .with_metric(Metric::new("x", MetricValue::Double(0.5)).with_alias(7));
+        d.observe(&ev("spBv1.0/g/DBIRTH/n/d2", &x), 3);
+        // DDEATH: d2's metric, at the DDEATH's timestamp
+        // [tck-id-operational-behavior-edge-node-termination-host-action-ddeath-devices-tags-stale].
+        let ddeath = ev("spBv1.0/g/DDEATH/n/d2", &Payload::new(40, Some(3)));
+        let o = d.observe(&ddeath, 4).expect("decoded");
+        let v: Vec<Json> = metric_values(&o, &ddeath, 777)
+            .iter()
+            .map(|v| value(v))
+            .collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (&v[0]["device_id"], &v[0]["name"], &v[0]["alias"]),
+            (&json!("d2"), &json!("x"), &json!(7))
+        );
+        assert_eq!(v[0]["datatype"], "Double");
+        assert_eq!(
+            (&v[0]["quality"], &v[0]["timestamp"]),
+            (&json!("stale"), &json!(40))
+        );
+        assert_eq!(v[0]["message_type"], "DDEATH");
+        assert!(
+            v[0].get("value").is_none(),
+            "a stale record has no value: {}",
+            v[0]
+        );
+        // NDEATH: the node's metrics and those of d1 (d2 is dead already), at receipt time
+        // [...-ndeath-node-tags-stale, ...-ndeath-devices-tags-stale].
+        let death = ev("spBv1.0/g/NDEATH/n", &ndeath(3));
+        let o = d.observe(&death, 5).expect("decoded");
+        let v: Vec<Json> = metric_values(&o, &death, 777)
+            .iter()
+            .map(|v| value(v))
+            .collect();
+        let names: Vec<(Json, Json)> = v
+            .iter()
+            .map(|v| (v["device_id"].clone(), v["name"].clone()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Json::Null, json!("bdSeq")),
+                (Json::Null, json!("Node Control/Rebirth")),
+                (json!("d1"), json!("temp")),
+                (json!("d1"), json!("on")),
+            ]
+        );
+        assert!(
+            v.iter()
+                .all(|v| v["quality"] == "stale" && v["timestamp"] == 777)
+        );
+        // An NDEATH of an older session (another bdSeq) makes nothing stale: one record per
+        // metric of the death itself, as before.
+        let old = ev("spBv1.0/g/NDEATH/n", &ndeath(2));
+        assert_eq!(
+            stale_of(&mut d, &old, 6),
+            [(Json::Null, json!("bdSeq"), json!("stale"))]
+        );
+        // After a restart the devices are known from the stored births (a DDEATH read before
+        // it is not: d2 is made stale once more).
+        let mut d = SparkplugDecoder::new(Some(&store));
+        assert_eq!(stale_of(&mut d, &death, 5).len(), 5);
+        // A new session: devices born before its NBIRTH are not part of it.
+        d.observe(&ev("spBv1.0/g/NBIRTH/n", &nbirth(4)), 10);
+        assert_eq!(
+            stale_of(&mut d, &ev("spBv1.0/g/NDEATH/n", &ndeath(4)), 11).len(),
+            2
+        );
+        // A DDEATH without a known DBIRTH: one record, as before.
+        let lone = ev("spBv1.0/g/DDEATH/n/zz", &Payload::new(3, Some(4)));
+        assert_eq!(
+            stale_of(&mut d, &lone, 12),
+            [(json!("zz"), Json::Null, json!("stale"))]
+        );
     }
 
     #[test]
