@@ -1535,7 +1535,7 @@ pub async fn run(
     let ncmd = Topic::node(&group, MessageType::NCmd, &node_id).to_string();
     let dcmd = format!("{}/+", Topic::node(&group, MessageType::DCmd, &node_id));
     // With an upstream server the primary host lives there: the embedded session (the data
-    // path to the buffer and Kafka) never waits for it. See decision record 0002.
+    // path to the buffer and Kafka) never waits for it. See decision record 0003.
     let states = if ctx.config.upstream.is_none() {
         state_topics(ctx.config.primary_host_id.as_deref())
     } else {

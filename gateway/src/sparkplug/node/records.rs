@@ -1,5 +1,5 @@
 //! The embedded session's messages, read back from the edge-buffer, as the upstream session
-//! needs them (see `docs/decisions/0002-sparkplug-sessions.md`): live, as the Modbus readings
+//! needs them (see `docs/decisions/0003-sparkplug-sessions.md`): live, as the Modbus readings
 //! they were made from (so the upstream session's [`NodeCore`] reports them by exception with
 //! its own `seq`); during store-and-forward, as the metrics to replay with `is_historical`.
 

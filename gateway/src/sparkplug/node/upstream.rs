@@ -13,7 +13,7 @@
 //!
 //! This session carries the node's identity (`edge_node_id`); its data follows the embedded
 //! session's records in the edge-buffer (`records.rs`; see
-//! `docs/decisions/0002-sparkplug-sessions.md`): live while born, and what happened while it
+//! `docs/decisions/0003-sparkplug-sessions.md`): live while born, and what happened while it
 //! was not (server unreachable, host offline) is replayed after the births as DDATA/NDATA with
 //! `is_historical`, at `history_rate` per second, live data first. Publishes go through
 //! rumqttc's bounded request queue; a publish that does not fit is dropped (counted) and the
