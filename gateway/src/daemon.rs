@@ -229,7 +229,12 @@ fn uplink_key(c: &Config) -> (uplink::UplinkConfig, String) {
     (c.kafka.clone(), c.gateway.id.clone())
 }
 
-fn modbus_key(c: &Config) -> (ironbridge_adapters::modbus::ModbusConfig, modbus::JsonTopics) {
+fn modbus_key(
+    c: &Config,
+) -> (
+    ironbridge_adapters::modbus::ModbusConfig,
+    modbus::JsonTopics,
+) {
     (c.modbus.clone(), json_topics(c))
 }
 

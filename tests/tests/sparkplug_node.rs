@@ -632,11 +632,21 @@ async fn primary_host_state_gates_births() -> Result<()> {
         .await?;
         // Meanwhile the readings still reach the buffer (and Kafka), as the JSON topics: the
         // data path never waits for a host.
-        sim.set_registers(UNIT, Area::InputRegister, 0, &regs(DataType::I16, MValue::I16(44)));
+        sim.set_registers(
+            UNIT,
+            Area::InputRegister,
+            0,
+            &regs(DataType::I16, MValue::I16(44)),
+        );
         host.next(
             "JSON readings while the node waits",
             Duration::from_secs(10),
-            |v| v["kind"] == "other" && v["topic"].as_str().is_some_and(|t| t.starts_with("ironbridge/modbus/plc1/")),
+            |v| {
+                v["kind"] == "other"
+                    && v["topic"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("ironbridge/modbus/plc1/"))
+            },
         )
         .await?;
         let t0 = ironbridge_e2e::gateway::now_ms() as u64;
@@ -686,13 +696,21 @@ async fn primary_host_state_gates_births() -> Result<()> {
         host.send(json!({"cmd": "raw", "topic": "STATE/scada", "hex": hex(b"OFFLINE")}))
             .await?;
         let nd = host
-            .next("NDEATH on a legacy OFFLINE", Duration::from_secs(10), is("NDEATH"))
+            .next(
+                "NDEATH on a legacy OFFLINE",
+                Duration::from_secs(10),
+                is("NDEATH"),
+            )
             .await?;
         ensure!(bdseq(&nd) == Some(1), "{nd}");
         host.send(json!({"cmd": "raw", "topic": "STATE/scada", "hex": hex(b"ONLINE")}))
             .await?;
         let nb = host
-            .next("NBIRTH on a legacy ONLINE", Duration::from_secs(10), is("NBIRTH"))
+            .next(
+                "NBIRTH on a legacy ONLINE",
+                Duration::from_secs(10),
+                is("NBIRTH"),
+            )
             .await?;
         ensure!(bdseq(&nb) == Some(2), "{nb}");
         check_seq(&host.history)?;
@@ -739,7 +757,11 @@ async fn enabling_sparkplug_live_through_the_api() -> Result<()> {
             "{saved}"
         );
         let nb = host
-            .next("NBIRTH after enabling", Duration::from_secs(20), is("NBIRTH"))
+            .next(
+                "NBIRTH after enabling",
+                Duration::from_secs(20),
+                is("NBIRTH"),
+            )
             .await?;
         ensure!(nb["topic"] == "spBv1.0/plant/NBIRTH/gw1", "{nb}");
         gw.wait_status("node in the status", Duration::from_secs(10), |s| {
@@ -750,7 +772,11 @@ async fn enabling_sparkplug_live_through_the_api() -> Result<()> {
         let saved = put(false).await?;
         ensure!(saved["applied"] == true, "{saved}");
         let nd = host
-            .next("NDEATH after disabling", Duration::from_secs(20), is("NDEATH"))
+            .next(
+                "NDEATH after disabling",
+                Duration::from_secs(20),
+                is("NDEATH"),
+            )
             .await?;
         ensure!(bdseq(&nd) == bdseq(&nb), "{nd}");
         gw.wait_status("node gone from the status", Duration::from_secs(10), |s| {

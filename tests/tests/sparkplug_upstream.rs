@@ -372,7 +372,11 @@ fn check_node_seq(history: &[Value]) -> Result<usize> {
             Some("NCMD" | "DCMD") => {}
             _ => {
                 if let Some(want) = next {
-                    ensure!(m["seq"] == want, "seq {} where {want} was due: {m}", m["seq"]);
+                    ensure!(
+                        m["seq"] == want,
+                        "seq {} where {want} was due: {m}",
+                        m["seq"]
+                    );
                     next = Some((want + 1) % 256);
                     n += 1;
                 }
@@ -549,25 +553,29 @@ async fn unreachable_server_takes_no_bdseq() -> Result<()> {
         return Ok(());
     }
     prepare().await?;
-    within(Duration::from_secs(120), "bdSeq and refused connections", async {
-        let (_sim, server) = start_plc().await?;
-        let port = ironbridge_e2e::free_port()?;
-        let upstream = format!("server = \"127.0.0.1:{port}\"\nkeep_alive_s = 5\n");
-        let gw = Gateway::start(options(server.addr(), &upstream)).await?;
-        // Nothing listens: refused, retried with back-off (1 s, 2 s, ...).
-        gw.wait_status("three refused connections", Duration::from_secs(30), |s| {
-            s["sparkplug_node"]["upstream"]["connect_failures"].as_u64() >= Some(3)
-        })
-        .await?;
-        let broker = Mosquitto::start_on(port).await?;
-        let mut host = Host::start(broker.port(), &["spBv1.0/#"]).await?;
-        // Subscribed after the gateway may have connected: ask for the births.
-        host.send(json!({"cmd": "ncmd_rebirth", "group": "plant", "node": "gw1"}))
+    within(
+        Duration::from_secs(120),
+        "bdSeq and refused connections",
+        async {
+            let (_sim, server) = start_plc().await?;
+            let port = ironbridge_e2e::free_port()?;
+            let upstream = format!("server = \"127.0.0.1:{port}\"\nkeep_alive_s = 5\n");
+            let gw = Gateway::start(options(server.addr(), &upstream)).await?;
+            // Nothing listens: refused, retried with back-off (1 s, 2 s, ...).
+            gw.wait_status("three refused connections", Duration::from_secs(30), |s| {
+                s["sparkplug_node"]["upstream"]["connect_failures"].as_u64() >= Some(3)
+            })
             .await?;
-        let (bd, _) = births(&mut host, "first session").await?;
-        ensure!(bd == 0, "bdSeq {bd} after refused connections, want 0");
-        Ok(())
-    })
+            let broker = Mosquitto::start_on(port).await?;
+            let mut host = Host::start(broker.port(), &["spBv1.0/#"]).await?;
+            // Subscribed after the gateway may have connected: ask for the births.
+            host.send(json!({"cmd": "ncmd_rebirth", "group": "plant", "node": "gw1"}))
+                .await?;
+            let (bd, _) = births(&mut host, "first session").await?;
+            ensure!(bd == 0, "bdSeq {bd} after refused connections, want 0");
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -585,17 +593,17 @@ async fn upstream_primary_host_state_across_reconnects() -> Result<()> {
     within(Duration::from_secs(120), "primary host upstream", async {
         let (_sim, server) = start_plc().await?;
         let broker = Mosquitto::start().await?;
-        let proxy =
-            FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], broker.port()))).await?;
+        let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], broker.port()))).await?;
         let mut host = Host::start(broker.port(), &["spBv1.0/#"]).await?;
         let t0 = ironbridge_e2e::gateway::now_ms() as u64;
         host.send(json!({"cmd": "state", "host_id": "scada", "online": true, "timestamp": t0}))
             .await?;
         let upstream = format!("server = \"{}\"\nkeep_alive_s = 5\n", proxy.addr());
         let mut opts = options(server.addr(), &upstream);
-        opts.extra_toml = opts
-            .extra_toml
-            .replace("edge_node_id = \"gw1\"\n", "edge_node_id = \"gw1\"\nprimary_host_id = \"scada\"\n");
+        opts.extra_toml = opts.extra_toml.replace(
+            "edge_node_id = \"gw1\"\n",
+            "edge_node_id = \"gw1\"\nprimary_host_id = \"scada\"\n",
+        );
         let gw = Gateway::start(opts).await?;
         let (bd0, _) = births(&mut host, "host online").await?;
         // The embedded session has its own identity and never waits for the host.
@@ -607,18 +615,26 @@ async fn upstream_primary_host_state_across_reconnects() -> Result<()> {
             s["sparkplug_node"]
         );
 
-        host.send(json!({"cmd": "state", "host_id": "scada", "online": false, "timestamp": t0 + 10}))
-            .await?;
+        host.send(
+            json!({"cmd": "state", "host_id": "scada", "online": false, "timestamp": t0 + 10}),
+        )
+        .await?;
         let nd = host
-            .next("NDEATH: host offline", Duration::from_secs(10), is("NDEATH"))
+            .next(
+                "NDEATH: host offline",
+                Duration::from_secs(10),
+                is("NDEATH"),
+            )
             .await?;
         ensure!(bdseq(&nd) == Some(bd0), "{nd}");
         // An older "online" becomes the retained STATE; then the connection drops.
         host.send(json!({"cmd": "state", "host_id": "scada", "online": true, "timestamp": t0 + 5}))
             .await?;
-        gw.wait_status("reconnected after the offline", Duration::from_secs(15), |s| {
-            s["sparkplug_node"]["upstream"]["connects"].as_u64() >= Some(2)
-        })
+        gw.wait_status(
+            "reconnected after the offline",
+            Duration::from_secs(15),
+            |s| s["sparkplug_node"]["upstream"]["connects"].as_u64() >= Some(2),
+        )
         .await?;
         proxy.set_mode(Mode::Cut);
         gw.wait_status("cut", Duration::from_secs(10), |s| {
@@ -633,9 +649,16 @@ async fn upstream_primary_host_state_across_reconnects() -> Result<()> {
         .await?;
         // The retained old "online" came first on this connection: no births.
         let early = host
-            .next("no births on an old online", Duration::from_secs(3), is("NBIRTH"))
+            .next(
+                "no births on an old online",
+                Duration::from_secs(3),
+                is("NBIRTH"),
+            )
             .await;
-        ensure!(early.is_err(), "born on a STATE older than the last offline: {early:?}");
+        ensure!(
+            early.is_err(),
+            "born on a STATE older than the last offline: {early:?}"
+        );
         // A pre-3.0 host says ONLINE on STATE/<id>: births.
         host.send(json!({"cmd": "raw", "topic": "STATE/scada", "hex": "4f4e4c494e45"}))
             .await?;

@@ -652,13 +652,7 @@ fn ndata_by_exception_with_backlog_rate_limit() {
     assert!(c.node_data(g3, t + BACKLOG_INTERVAL_MS + 100).is_none());
     assert!(c.node_data(g3, t + 2 * BACKLOG_INTERVAL_MS + 2).is_some());
     // Devices online follows the device births and deaths.
-    let down = reading(
-        "pump",
-        "running",
-        None,
-        Quality::Bad(BadReason::Timeout),
-        1,
-    );
+    let down = reading("pump", "running", None, Quality::Bad(BadReason::Timeout), 1);
     let out = c.readings(&[down], &none);
     assert_eq!(out.len(), 1, "DDEATH");
     let nd = c
@@ -709,7 +703,10 @@ fn host_state_is_parsed_and_ordered() {
     assert!(parse_state(b"{}").is_none());
     let mut h = HostTracker::default();
     assert!(h.apply(s) && h.online);
-    assert!(h.apply(s) && h.online, "the same STATE again (retained, reconnect)");
+    assert!(
+        h.apply(s) && h.online,
+        "the same STATE again (retained, reconnect)"
+    );
     // An older OFFLINE (e.g. a late will) is ignored.
     assert!(!h.apply(HostState {
         online: false,
@@ -875,13 +872,22 @@ fn embedded_records_become_readings_and_history() {
     assert!(session_message(&encode(&out[1]), "plant", "gw1").is_none());
     let db = session_message(&encode(&out[1]), "plant", "gw1-local").expect("DBIRTH");
     assert_eq!(db.message_type, MessageType::DBirth);
-    assert!(history(&db).is_none(), "nothing read yet: no values to replay");
+    assert!(
+        history(&db).is_none(),
+        "nothing read yet: no values to replay"
+    );
 
     let out = embedded.readings(
         &[
             good("press", "temp", Value::F32(21.5), 100),
             good("press", "setpoint", Value::U16(9), 101),
-            reading("press", "scaled", Some(Value::F64(1.5)), Quality::Stale, 102),
+            reading(
+                "press",
+                "scaled",
+                Some(Value::F64(1.5)),
+                Quality::Stale,
+                102,
+            ),
         ],
         &none,
     );
@@ -893,7 +899,13 @@ fn embedded_records_become_readings_and_history() {
         [
             good("press", "temp", Value::F32(21.5), 100),
             good("press", "setpoint", Value::U16(9), 101),
-            reading("press", "scaled", Some(Value::F64(1.5)), Quality::Stale, 102),
+            reading(
+                "press",
+                "scaled",
+                Some(Value::F64(1.5)),
+                Quality::Stale,
+                102
+            ),
         ]
     );
     // The upstream core reports the same changes by alias, in its own seq.
@@ -903,13 +915,20 @@ fn embedded_records_become_readings_and_history() {
     assert_eq!(up[0].payload.seq, Some(3));
 
     let (kind, device, metrics) = history(&msg).expect("history");
-    assert_eq!((kind, device.as_deref()), (MessageType::DData, Some("press")));
+    assert_eq!(
+        (kind, device.as_deref()),
+        (MessageType::DData, Some("press"))
+    );
     assert!(metrics.iter().all(|m| m.is_historical && m.name.is_none()));
     assert_eq!(metrics[0].timestamp, Some(100));
     let h = upstream
         .historical(kind, device.as_deref(), metrics)
         .expect("historical DDATA");
-    assert_eq!(h.payload.seq, Some(4), "history counts in the session's seq");
+    assert_eq!(
+        h.payload.seq,
+        Some(4),
+        "history counts in the session's seq"
+    );
     assert_eq!(
         h.payload.metrics[2]
             .properties

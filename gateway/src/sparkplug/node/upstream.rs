@@ -335,7 +335,9 @@ impl Follower {
                 self.committed = pos;
                 self.committed_at = Instant::now();
             }
-            Err(e) => tracing::warn!(error = %e, "Sparkplug upstream: committing the buffer cursor failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "Sparkplug upstream: committing the buffer cursor failed")
+            }
         }
     }
 }
@@ -637,7 +639,8 @@ impl Session<'_> {
             self.update_status();
         }
         let mut tick = tokio::time::interval(Duration::from_secs(2));
-        let mut history = tokio::time::interval(Duration::from_secs(1) / self.follow.limits.rate.max(1));
+        let mut history =
+            tokio::time::interval(Duration::from_secs(1) / self.follow.limits.rate.max(1));
         history.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let replaying = self.follow.replay.is_some() && self.core.is_born();
