@@ -466,7 +466,7 @@ async fn births_data_and_commands() -> Result<()> {
         for t in ["NBIRTH", "DBIRTH", "DDATA", "NCMD", "DCMD", "NDEATH"] {
             ensure!(types.contains(&t), "no {t} checked: {checked:?}");
         }
-        p.note(&format!("QoS/retain checked: {checked:?}"));
+        p.note(format!("QoS/retain checked: {checked:?}"));
         drop(sim);
         Ok(())
     })

@@ -409,7 +409,7 @@ async fn upstream_store_and_forward_replays_history() -> Result<()> {
             let mut host = Host::start(broker.port(), &["spBv1.0/#"]).await?;
             // A slow replay, so that live data has to interleave with it.
             let upstream = format!(
-                "server = \"{}\"\nkeep_alive_s = 5\nhistory_rate = 10\n",
+                "server = \"{}\"\nkeep_alive_s = 5\nhistory_rate = 5\n",
                 proxy.addr()
             );
             let gw = Gateway::start(options(server.addr(), &upstream)).await?;
@@ -534,7 +534,7 @@ async fn upstream_store_and_forward_replays_history() -> Result<()> {
             let up = &s["sparkplug_node"]["upstream"];
             ensure!(up["history_replayed"].as_u64() >= Some(outage.len() as u64), "{up}");
             p.note(format!(
-                "replayed {} outage changes (duplicates {duplicates}) in {replay_ms} ms at 10/s, {} live changes interleaved, {checked} seq checked; status {up}",
+                "replayed {} outage changes (duplicates {duplicates}) in {replay_ms} ms at 5/s, {} live changes interleaved, {checked} seq checked; status {up}",
                 replayed.len(),
                 live_values.len()
             ));
