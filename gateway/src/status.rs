@@ -718,6 +718,12 @@ impl GatewayStatus {
             &one(u.unproven_resends),
         );
         metric(
+            "uplink_resume_skipped_total",
+            "counter",
+            "Records not sent again because the partition's tail showed they were already there.",
+            &one(u.resume_skipped),
+        );
+        metric(
             "uplink_producer_resets_total",
             "counter",
             "New idempotent producer identities after Kafka refused a sequence or producer id.",

@@ -46,20 +46,23 @@ if note:
     out += [note, ""]
 out += [
     "| campaign | mode | trials | acknowledged | delivered | lost | duplicates | reordered per key | "
-    "corrupt counted | Modbus records | Modbus reordered | time | seed |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "corrupt counted | Modbus records | Modbus duplicates | Modbus reordered | time | seed |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in reports:
     out.append(
         f"| {TITLES.get(r['name'], r['name'])} | {r['mode']} | {r['trials']} | {r['acknowledged']} | "
-        f"{r['delivered']} | **{r['lost']}** | {r['duplicates']} | **{r['reordered']}** | "
-        f"{r.get('corrupt_records', 0)} | {r['modbus_records']} | {r['modbus_reordered']} | "
+        f"{r['delivered']} | **{r['lost']}** | **{r['duplicates']}** | **{r['reordered']}** | "
+        f"{r.get('corrupt_records', 0)} | {r['modbus_records']} | {r.get('modbus_duplicates', 0)} | "
+        f"{r['modbus_reordered']} | "
         f"{r['elapsed_s']:.0f} s | {r.get('seed') or '-'} |"
     )
 out += [
     "",
-    "lost = acknowledged (PUBACK received) but not in Kafka; duplicates = extra identical copies "
-    "carrying the same `gateway_id` + `buffer_offset` headers (droppable by consumers); "
+    "lost = acknowledged (PUBACK received) but not in Kafka (goal 0); duplicates = extra identical "
+    "copies carrying the same `gateway_id` + `buffer_offset` headers (goal 0: the uplink is an "
+    "idempotent producer and reads each partition's tail after a restart, see "
+    "`gateway/src/uplink/README.md`); "
     "reordered = a record after a later one of the same key (MQTT topic / Modbus tag). In the "
     "disk-full campaign, lost under `drop_oldest` is what the policy dropped (it must equal the "
     "uplink's `buffer_missed` counter exactly; the buffer's `dropped_records` may exceed it by "

@@ -145,11 +145,24 @@ async fn crash() -> Result<()> {
     );
     p.note(format!(
         "kill -9: {} acknowledged, all in Kafka; {} delivered ({} accepted without an ack); \
-         {read} records read, {} duplicates with identical gateway_id + buffer_offset",
+         {read} records read, {} duplicates with identical gateway_id + buffer_offset; \
+         after the restart the uplink skipped {:?} records its partitions' tails showed were there",
         acked.len(),
         d.unique.len(),
         d.unique.len() - acked.len(),
-        d.duplicates
+        d.duplicates,
+        num(&status, "/uplink/resume_skipped"),
     ));
+    // Resume without resending (uplink README, "Resume"): what the crashed process had
+    // written after its last cursor commit is found in the partitions' tails, not sent again.
+    ensure!(
+        d.duplicates == 0,
+        "{} duplicates after kill -9; uplink status {status}",
+        d.duplicates
+    );
+    ensure!(
+        num(&status, "/uplink/unproven_resends") == Some(0),
+        "the uplink resent records without proof: {status}"
+    );
     Ok(())
 }

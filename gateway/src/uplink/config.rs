@@ -80,6 +80,10 @@ pub struct UplinkConfig {
     pub commit_interval_ms: u64,
     /// On shutdown, how long an in-flight produce may still take before the uplink gives up.
     pub shutdown_grace_ms: u64,
+    /// After a restart: how many records at the end of each partition are read to find what
+    /// this gateway already wrote (see the uplink README, "Resume"); 0 = resend everything
+    /// after the committed cursor (at-least-once).
+    pub resume_scan_records: u64,
     /// What happens to events that match no route.
     pub unmatched: Unmatched,
     /// Kafka topic for unmatched events when `unmatched = "forward"` (key: the MQTT topic,
@@ -114,6 +118,7 @@ impl Default for UplinkConfig {
             unknown_topic_retry_ms: 60_000,
             commit_interval_ms: 1_000,
             shutdown_grace_ms: 5_000,
+            resume_scan_records: 20_000,
             unmatched: Unmatched::Forward,
             default_topic: "mqtt".into(),
             retained_topic: None,

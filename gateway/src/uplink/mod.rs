@@ -27,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod partitioner;
 mod producer;
+mod resume;
 pub mod route;
 pub mod sparkplug;
 pub mod status;

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::UplinkError;
 use super::config::{SaslMechanism, UplinkConfig};
+use super::resume::{self, Tail};
 use super::route::{Built, Routed, Router};
 use super::status::{UplinkState, UplinkStatus};
 use crate::event::Event;
@@ -202,10 +203,15 @@ struct Group {
     in_doubt: bool,
     /// Consecutive timeouts of the stamped first chunk.
     stamped_timeouts: u32,
+    /// The topic's partition count when the group was made.
+    partitions: i32,
+    /// Records below this buffer offset may already be in the partition (written before a
+    /// restart, or by a request in doubt): read the partition's tail before sending. 0: none.
+    check_below: u64,
 }
 
 impl Group {
-    fn new(topic: Arc<str>, partition: i32) -> Group {
+    fn new(topic: Arc<str>, partition: i32, partitions: i32) -> Group {
         Group {
             topic,
             partition,
@@ -214,6 +220,8 @@ impl Group {
             stamp: None,
             in_doubt: false,
             stamped_timeouts: 0,
+            partitions,
+            check_below: 0,
         }
     }
 
@@ -250,18 +258,41 @@ impl Group {
         }
     }
 
-    /// Forgets the first chunk's stamp (the producer identity changed). Returns how many
-    /// records were in doubt: they go again without the broker's duplicate check.
-    fn unstamp(&mut self) -> u64 {
-        let doubtful = if self.in_doubt {
-            self.chunks.front().map_or(0, |c| c.len() as u64)
-        } else {
-            0
-        };
+    /// Forgets the first chunk's stamp (the producer identity changed). A chunk in doubt is
+    /// checked against the partition's tail before it goes again.
+    fn unstamp(&mut self) {
+        if self.in_doubt
+            && let Some(last) = self.chunks.front().and_then(|c| c.last())
+        {
+            self.check_below = self.check_below.max(last.offset + 1);
+        }
         self.stamp = None;
         self.in_doubt = false;
         self.stamped_timeouts = 0;
-        doubtful
+    }
+
+    /// Applies what the partition's tail proved to the records below `check_below`: drops
+    /// those already there. Returns (dropped, sent without proof).
+    fn apply(&mut self, tail: &Tail) -> (u64, u64) {
+        let below = std::mem::take(&mut self.check_below);
+        let doubtful = |b: &Built| b.offset < below;
+        match tail {
+            Tail::Proven(None) => (0, 0),
+            Tail::Proven(Some(last)) => {
+                let mut dropped = 0u64;
+                for c in &mut self.chunks {
+                    let before = c.len();
+                    c.retain(|b| !(doubtful(b) && b.offset <= *last));
+                    dropped += (before - c.len()) as u64;
+                }
+                self.chunks.retain(|c| !c.is_empty());
+                (dropped, 0)
+            }
+            Tail::Unproven(_) => {
+                let n = self.chunks.iter().flatten().filter(|b| doubtful(b)).count();
+                (0, n as u64)
+            }
+        }
     }
 }
 
@@ -331,6 +362,11 @@ pub(crate) struct Uplink {
     sequences: Option<std::sync::Mutex<ProducerSequences>>,
     /// The identity was refused: the next one is counted as a reset.
     identity_refused: bool,
+    /// Records below this buffer offset existed before this run: an earlier run may have sent
+    /// them (see [`resume`]).
+    resume_until: u64,
+    /// What each partition's tail proved, read once per run.
+    resume: HashMap<(Arc<str>, i32), Tail>,
 }
 
 /// A stamped chunk that timed out this often is split anyway under a new identity (its
@@ -365,6 +401,8 @@ impl Uplink {
             request_limit,
             sequences: None,
             identity_refused: false,
+            resume_until: 0,
+            resume: HashMap::new(),
         }
     }
 
@@ -391,6 +429,7 @@ impl Uplink {
             .cursor(&self.cfg.consumer)?
             .unwrap_or(reader.next_offset());
         let mut done = reader.next_offset().max(committed);
+        self.resume_until = self.log.stats().next_offset;
         self.status.committed(committed);
         let interval = Duration::from_millis(self.cfg.commit_interval_ms);
         let mut last_commit = Instant::now();
@@ -579,10 +618,23 @@ impl Uplink {
             let i = *index
                 .entry((Arc::clone(&b.topic), partition))
                 .or_insert_with(|| {
-                    groups.push(Group::new(Arc::clone(&b.topic), partition));
+                    groups.push(Group::new(Arc::clone(&b.topic), partition, n));
                     groups.len() - 1
                 });
             groups[i].push(b, self.request_limit.get());
+        }
+        // Records an earlier run may have sent: what the partition's tail proved (or read it
+        // before the first send).
+        for g in &mut groups {
+            let first = g.chunks.front().and_then(|c| c.first()).map(|b| b.offset);
+            if first.is_some_and(|o| o < self.resume_until) {
+                g.check_below = self.resume_until;
+                let key = (Arc::clone(&g.topic), g.partition);
+                if let Some(tail) = self.resume.get(&key) {
+                    let counts = g.apply(tail);
+                    self.count_resume(counts);
+                }
+            }
         }
 
         // Delivery rounds: every group with work sends its chunks in order; failures are retried
@@ -616,6 +668,9 @@ impl Uplink {
                     continue;
                 }
             };
+            if let Err(m) = self.check_tails(&mut groups, &clients).await {
+                transient.get_or_insert(m);
+            }
             let Some(sequences) = self.sequences.as_ref() else {
                 continue;
             };
@@ -625,7 +680,7 @@ impl Uplink {
                 let request_timeout = self.timeout();
                 let work = groups
                     .iter_mut()
-                    .filter(|g| !g.chunks.is_empty())
+                    .filter(|g| !g.chunks.is_empty() && g.check_below == 0)
                     .filter_map(|g| {
                         let key = (Arc::clone(&g.topic), g.partition);
                         let pc = clients.get(&key).cloned()?;
@@ -769,19 +824,91 @@ impl Uplink {
     }
 
     /// Drops the producer identity (the next round asks for a new one) and every stamp made
-    /// with it. Records of a chunk in doubt are counted: the broker can no longer tell a
-    /// resend of them from new records.
+    /// with it. The broker can no longer tell a resend of a chunk in doubt from new records:
+    /// the partition's tail is read first.
     fn new_identity(&mut self, groups: &mut [Group]) {
         self.sequences = None;
         self.identity_refused = true;
-        let doubtful: u64 = groups.iter_mut().map(Group::unstamp).sum();
-        if doubtful > 0 {
-            warn!(
-                records = doubtful,
-                "uplink: records in doubt are sent again under a new producer identity (may be duplicated)"
-            );
-            self.status.unproven_resends(doubtful);
+        for g in groups {
+            g.unstamp();
         }
+    }
+
+    fn count_resume(&self, (skipped, unproven): (u64, u64)) {
+        if skipped > 0 {
+            self.status.resume_skipped(skipped);
+        }
+        if unproven > 0 {
+            self.status.unproven_resends(unproven);
+        }
+    }
+
+    /// Reads the tail of every partition that has records below its `check_below` and
+    /// applies it. A scan that fails leaves its group for the next round (the error).
+    async fn check_tails(
+        &mut self,
+        groups: &mut [Group],
+        clients: &HashMap<(Arc<str>, i32), Arc<PartitionClient>>,
+    ) -> Result<(), String> {
+        let window = self.cfg.resume_scan_records;
+        let gateway_id = self.cfg.effective_gateway_id();
+        // Reading a few thousand records back may take a slow broker longer than one produce.
+        let scan_limit = self.timeout().max(Duration::from_secs(30));
+        let mut first_error = None;
+        for g in groups
+            .iter_mut()
+            .filter(|g| g.check_below > 0 && !g.chunks.is_empty())
+        {
+            let key = (Arc::clone(&g.topic), g.partition);
+            let Some(pc) = clients.get(&key) else {
+                continue;
+            };
+            let tail = if window == 0 {
+                Tail::Unproven("kafka.resume_scan_records = 0".into())
+            } else {
+                match resume::scan(pc, &gateway_id, g.partitions, window, scan_limit).await {
+                    Ok(t) => t,
+                    Err(m) => {
+                        first_error.get_or_insert(format!(
+                            "reading the tail of {}/{}: {m}",
+                            g.topic, g.partition
+                        ));
+                        continue;
+                    }
+                }
+            };
+            // A buffer offset this run's buffer never had before it started belongs to
+            // another buffer with this gateway_id: it proves nothing about ours.
+            let tail = match tail {
+                Tail::Proven(Some(last)) if last >= self.resume_until => Tail::Unproven(format!(
+                    "the partition holds buffer offset {last} of this gateway_id, beyond this buffer's end {} (another buffer with the same gateway_id?)",
+                    self.resume_until
+                )),
+                t => t,
+            };
+            let below = g.check_below;
+            let counts = g.apply(&tail);
+            match &tail {
+                Tail::Proven(last) => info!(
+                    topic = %g.topic,
+                    partition = g.partition,
+                    last_written = ?last,
+                    skipped = counts.0,
+                    "uplink: partition tail read; records already there are not sent again"
+                ),
+                Tail::Unproven(reason) => warn!(
+                    topic = %g.topic,
+                    partition = g.partition,
+                    records = counts.1,
+                    below,
+                    %reason,
+                    "uplink: partition tail proves nothing; sending again what may be there (at-least-once)"
+                ),
+            }
+            self.count_resume(counts);
+            self.resume.insert(key, tail);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// One connection attempt while there is nothing to send; returns when to try again.
@@ -1265,7 +1392,7 @@ mod tests {
         }
         Group {
             chunks,
-            ..Group::new(Arc::from("t"), 0)
+            ..Group::new(Arc::from("t"), 0, 1)
         }
     }
 
@@ -1444,14 +1571,43 @@ mod tests {
         assert!(matches!(r, GroupResult::Sequence(_)));
         assert_eq!(g.chunks.len(), 1);
         assert!(g.stamp.is_some() && !g.in_doubt);
-        assert_eq!(g.unstamp(), 0);
+        g.unstamp();
+        assert_eq!(g.check_below, 0, "not written: no need to read the tail");
         g.stamp = Some(SequenceStamp {
             producer: ProducerIdentity { id: 7, epoch: 0 },
             base_sequence: 0,
         });
         g.in_doubt = true;
-        assert_eq!(g.unstamp(), 2);
+        g.unstamp();
         assert!(g.stamp.is_none());
+        assert_eq!(
+            g.check_below, 2,
+            "in doubt: read the tail before sending offsets 0-1 again"
+        );
+    }
+
+    /// What a partition's tail proved decides which records below `check_below` go again.
+    #[test]
+    fn the_tail_drops_what_is_already_there_and_counts_what_is_unproven() {
+        let mut g = group(&["a", "b", "c", "d", "e"], 2);
+        g.check_below = 4;
+        assert_eq!(g.apply(&Tail::Proven(Some(2))), (3, 0));
+        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        assert_eq!(left, [3, 4]);
+        assert_eq!(g.check_below, 0);
+        // Offsets at or beyond check_below are never dropped, whatever the tail says.
+        let mut g = group(&["a", "b", "c"], 3);
+        g.check_below = 1;
+        assert_eq!(g.apply(&Tail::Proven(Some(2))), (1, 0));
+        assert_eq!(g.chunks.iter().flatten().count(), 2);
+        let mut g = group(&["a", "b", "c"], 3);
+        g.check_below = 2;
+        assert_eq!(g.apply(&Tail::Unproven("x".into())), (0, 2));
+        assert_eq!(g.chunks.iter().flatten().count(), 3);
+        let mut g = group(&["a"], 1);
+        g.check_below = 1;
+        assert_eq!(g.apply(&Tail::Proven(None)), (0, 0));
+        assert_eq!(g.chunks.len(), 1);
     }
 
     #[test]
@@ -1472,7 +1628,7 @@ mod tests {
 
     #[test]
     fn chunks_respect_the_limit_and_rechunking_keeps_the_order() {
-        let mut g = Group::new(Arc::from("t"), 0);
+        let mut g = Group::new(Arc::from("t"), 0, 1);
         let records: Vec<Built> = (0..100).map(|i| built(i, "0123456789")).collect();
         let size = records[0].size;
         for b in records {

@@ -105,6 +105,9 @@ pub struct UplinkSnapshot {
     /// Records sent again without proof that the broker had not written them before
     /// (at-least-once fallback): each may appear twice in Kafka.
     pub unproven_resends: u64,
+    /// Records not sent because the partition's tail showed they were already there (written
+    /// before a restart, or by a request in doubt).
+    pub resume_skipped: u64,
 }
 
 impl UplinkSnapshot {
@@ -174,6 +177,7 @@ impl UplinkStatus {
                     producer_resets: 0,
                     duplicates_suppressed: 0,
                     unproven_resends: 0,
+                    resume_skipped: 0,
                 },
                 oldest_pending_ms: None,
             }),
@@ -346,6 +350,10 @@ impl UplinkStatus {
 
     pub(crate) fn unproven_resends(&self, records: u64) {
         self.lock().snap.unproven_resends += records;
+    }
+
+    pub(crate) fn resume_skipped(&self, records: u64) {
+        self.lock().snap.resume_skipped += records;
     }
 
     pub(crate) fn missed(&self, n: u64) {
