@@ -31,14 +31,18 @@ case $arch in
     arm64) elf="ARM aarch64" ;;
     *) fail "--arch must be amd64 or arm64" ;;
 esac
+need=""
+command -v file >/dev/null || need="$need file"
+command -v readelf >/dev/null || need="$need binutils"
+[ "$lint" = 1 ] && ! command -v lintian >/dev/null && need="$need lintian"
+if [ -n "$need" ]; then
+    [ "$(id -u)" = 0 ] || fail "missing:$need (apt-get install$need)"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $need >/dev/null
+fi
 [ -f "$bin" ] || fail "no binary at '$bin' (--bin)"
 file -b "$bin" | grep -q "$elf" || fail "$bin is not a $elf executable"
 [ -n "$version" ] || version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml")
 [ -n "$version" ] || fail "no version"
-if [ "$lint" = 1 ] && ! command -v lintian >/dev/null; then
-    [ "$(id -u)" = 0 ] || fail "lintian is missing (apt-get install lintian)"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends lintian >/dev/null
-fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -84,7 +88,9 @@ chmod 0644 "$pkg/DEBIAN/md5sums" "$pkg/DEBIAN/conffiles" "$pkg/DEBIAN/control"
 
 mkdir -p "$out"
 deb="$out/ironbridge_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
+# Built beside the tree, then renamed: a reader never sees a half-written package.
+dpkg-deb --root-owner-group -Zxz --build "$pkg" "$work/package.deb" >/dev/null
+mv -f "$work/package.deb" "$deb"
 echo "built $deb ($(stat -c %s "$deb") bytes, installed $size_kib KiB, Depends: $depends)"
 if [ "$lint" = 1 ]; then
     lintian --fail-on error,warning --display-info "$deb"
