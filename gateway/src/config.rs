@@ -39,6 +39,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub buffer: BufferConfig,
     pub web: WebConfig,
+    pub audit: AuditConfig,
     pub log: LogConfig,
     pub mqtt: MqttConfig,
     pub kafka: UplinkConfig,
@@ -201,6 +202,10 @@ pub struct WebConfig {
     pub session_idle_timeout_s: u64,
     /// ... and after this long in any case.
     pub session_absolute_timeout_s: u64,
+    /// Open connections at most, per listener (HTTPS, HTTP redirect); more are closed at once.
+    pub max_connections: usize,
+    /// Open connections at most from one address (IPv6: one /64), per listener.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for WebConfig {
@@ -213,6 +218,27 @@ impl Default for WebConfig {
             tls_key: None,
             session_idle_timeout_s: 30 * 60,
             session_absolute_timeout_s: 12 * 3600,
+            max_connections: 256,
+            max_connections_per_address: 32,
+        }
+    }
+}
+
+/// The audit trail (`<gateway.state_dir>/audit/`): who did what, append-only, rotating.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The trail's size on disk at most, over all its files; the oldest records go first.
+    pub max_bytes: ByteSize,
+    /// Files the trail rotates through (at least 2).
+    pub files: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_bytes: ByteSize(16 << 20),
+            files: 4,
         }
     }
 }
@@ -424,6 +450,19 @@ impl Config {
             issues.push((
                 "web.session_absolute_timeout_s".into(),
                 "must be at least web.session_idle_timeout_s".into(),
+            ));
+        }
+        if self.audit.max_bytes.0 < 64 * 1024 || self.audit.files < 2 {
+            issues.push((
+                "audit.max_bytes".into(),
+                "audit.max_bytes must be at least 64 KiB and audit.files at least 2".into(),
+            ));
+        }
+        if w.max_connections == 0 || w.max_connections_per_address == 0 {
+            issues.push((
+                "web.max_connections".into(),
+                "web.max_connections and web.max_connections_per_address must be greater than 0"
+                    .into(),
             ));
         }
         if w.http_redirect && w.http_listen == w.listen {

@@ -39,12 +39,15 @@ fn live_part(section: &str, c: &Config) -> Option<Value> {
         "buffer" => Some(v(&c.buffer)),
         "mqtt" => Some(v(&c.mqtt)),
         "log" => Some(v(&c.log)),
+        "audit" => Some(v(&c.audit)),
         "web" => Some(serde_json::json!([
             c.web.listen,
             c.web.http_listen,
             c.web.http_redirect,
             c.web.tls_cert,
-            c.web.tls_key
+            c.web.tls_key,
+            c.web.max_connections,
+            c.web.max_connections_per_address
         ])),
         // The edge node restarts in-process; the ingest and the Kafka command consumer take
         // their part (and the ids they match and publish on) at start.

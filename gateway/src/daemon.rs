@@ -12,7 +12,7 @@
 //! Sections that need a restart (listeners, buffer, state directory) are reported by
 //! `GET /api/system` as `restart_required`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -334,10 +334,33 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     };
     let tls = Arc::new(tls);
     let web_cfg = config.web.clone();
+    let web_audit_cfg = config.audit.clone();
+    let state_dir_root = config.gateway.state_dir.clone();
     let store = ConfigStore::new(config, opts.config_path.clone());
-    let auth = Arc::new(web::auth::Auth::open(&state, store.clone()).context("web users")?);
+    let auth = Arc::new(
+        web::auth::Auth::open(&state, store.clone(), broker.login_throttle())
+            .context("web users")?,
+    );
     let hub = modbus::ModbusHub::new(status.modbus_health());
     let (restart_tx, mut restart_rx) = watch::channel(false);
+    let web_stats = Arc::new(web::listener::WebStats::default());
+    let audit = {
+        let (dir, c) = (state_dir_root.join("audit"), web_audit_cfg.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || {
+                crate::audit::AuditTrail::open(&dir, c.max_bytes.0, c.files)
+            })
+            .await
+            .context("audit trail task")?
+            .context("opening the audit trail")?,
+        )
+    };
+    audit
+        .record(
+            crate::audit::Event::new(crate::audit::Source::Daemon, "-", "daemon_start")
+                .detail(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
+        )
+        .await;
     let ctx = Arc::new(WebContext {
         status: status.clone(),
         hub: hub.clone(),
@@ -349,6 +372,8 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
         runtime_devices: runtime_devices.clone(),
         restart: restart_tx.clone(),
         started: Instant::now(),
+        web_stats: web_stats.clone(),
+        audit: audit.clone(),
     });
 
     let listener = tokio::net::TcpListener::bind(web_cfg.listen)
@@ -356,15 +381,18 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
         .with_context(|| format!("web.listen: cannot listen on {}", web_cfg.listen))?;
     let https_addr = listener.local_addr().unwrap_or(web_cfg.listen);
     let acceptor = tls.acceptor().context("web TLS configuration")?;
-    let tls_listener = web::tls::TlsListener::new(listener, acceptor).context("web listener")?;
-    let web_task = tokio::spawn(
-        axum::serve(
-            tls_listener,
-            web::router(ctx.clone()).into_make_service_with_connect_info::<web::ClientAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future(),
-    );
+    let limits = web::listener::ConnLimits {
+        max_connections: web_cfg.max_connections,
+        max_per_address: web_cfg.max_connections_per_address,
+    };
+    let web_task = tokio::spawn(web::listener::serve(
+        listener,
+        Some(acceptor),
+        web::router(ctx.clone()),
+        limits,
+        web_stats.clone(),
+        stop_rx.clone(),
+    ));
     tracing::info!(addr = %https_addr, fingerprint_sha256 = %tls.fingerprint(), "web UI listening: https://{https_addr}/");
     let redirect_task = if web_cfg.http_redirect {
         let l = tokio::net::TcpListener::bind(web_cfg.http_listen)
@@ -376,11 +404,14 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
                 )
             })?;
         tracing::info!(addr = %web_cfg.http_listen, "HTTP listener redirects to HTTPS");
-        Some(tokio::spawn(
-            axum::serve(l, web::redirect_router(https_addr.port()))
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        ))
+        Some(tokio::spawn(web::listener::serve(
+            l,
+            None,
+            web::redirect_router(https_addr.port()),
+            limits,
+            web_stats.clone(),
+            stop_rx.clone(),
+        )))
     } else {
         None
     };
@@ -492,6 +523,8 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     let command_audit = Arc::new(crate::sparkplug::audit::CommandAudit::new(
         crate::sparkplug::audit::DEFAULT_CAPACITY,
     ));
+    // Every command result (MQTT, upstream, Kafka) also goes into the durable audit trail.
+    let audit_task = tokio::spawn(audit.clone().follow_commands(command_audit.clone()));
     let commands_task =
         (boot.kafka.is_enabled() && !boot.sparkplug.commands.kafka_topic.is_empty()).then(|| {
             // Commands become DCMD/NCMD on the embedded broker: its session's identity.
@@ -628,6 +661,7 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     let _ = stop_tx.send(true);
     let grace = Duration::from_millis(store.current().gateway.shutdown_timeout_ms);
     housekeeping.abort();
+    audit_task.abort();
     drop(ctx);
     let orderly = async {
         // The edge node publishes its NDEATH while the broker still runs.

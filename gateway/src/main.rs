@@ -99,7 +99,8 @@ fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // The console (journal) output and the web UI's recent-log ring, under one filter.
+    // The console (journal) output and the web UI's recent-log ring, under one filter. Text
+    // output escapes every field value (outside values must not forge lines or fields).
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(ironbridge::web::logs::layer());
@@ -110,6 +111,7 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(ironbridge::log_format::EscapedFields)
                     .with_target(true)
                     .with_ansi(ansi),
             )

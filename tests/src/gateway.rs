@@ -333,6 +333,8 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// `log.level`.
     pub log_level: String,
+    /// `log.format`: `"text"` (default) or `"json"`.
+    pub log_format: String,
     /// Start the plain-HTTP redirect listener on a free port too ([`Gateway::http_addr`]).
     pub http_redirect: bool,
     /// More `[web]` fields: name → TOML value (e.g. `session_idle_timeout_s`).
@@ -369,6 +371,7 @@ impl Default for GatewayOptions {
             kafka_settings,
             extra_toml: String::new(),
             log_level: "info".into(),
+            log_format: "text".into(),
             http_redirect: false,
             web_settings: BTreeMap::new(),
             buffer_settings: [("max_bytes", "\"256 MiB\""), ("segment_bytes", "\"8 MiB\"")]
@@ -494,7 +497,12 @@ impl Gateway {
             let _ = writeln!(t, "{k} = {v}");
         }
         t.push('\n');
-        let _ = writeln!(t, "[log]\nlevel = {}\n", toml_str(&o.log_level));
+        let _ = writeln!(
+            t,
+            "[log]\nlevel = {}\nformat = {}\n",
+            toml_str(&o.log_level),
+            toml_str(&o.log_format)
+        );
         let _ = writeln!(
             t,
             "[mqtt]\nlisten = \"{}\"\nallow_anonymous = {}",

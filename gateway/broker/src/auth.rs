@@ -201,6 +201,11 @@ impl Authenticator {
         })
     }
 
+    /// The login throttle (a handle to the same state).
+    pub fn throttle(&self) -> LoginThrottle {
+        self.throttle.clone()
+    }
+
     /// Keys the login throttle tracks now (bounded).
     pub fn throttled_keys(&self) -> usize {
         self.throttle.len()

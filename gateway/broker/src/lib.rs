@@ -257,6 +257,12 @@ impl BrokerHandle {
         self.broker.clients.clone()
     }
 
+    /// The failed-login throttle of MQTT logins, for other logins of the same device (the web
+    /// UI) to share one policy and one per-address budget.
+    pub fn login_throttle(&self) -> throttle::LoginThrottle {
+        self.broker.auth.throttle()
+    }
+
     pub fn sizes(&self) -> BrokerSizes {
         let (retained_messages, retained_bytes) = self.broker.retained();
         BrokerSizes {

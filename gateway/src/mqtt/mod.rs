@@ -192,6 +192,11 @@ impl BrokerHandle {
         self.inner.clients()
     }
 
+    /// The failed-login throttle, shared with the web's logins.
+    pub fn login_throttle(&self) -> ironbridge_broker::throttle::LoginThrottle {
+        self.inner.login_throttle()
+    }
+
     /// Sessions, subscriptions, retained and queued messages held now.
     pub fn sizes(&self) -> BrokerSizes {
         self.inner.sizes()

@@ -14,8 +14,12 @@ use ironbridge_adapters::modbus::{
     Device, DeviceConfig, Quality, Transport, Value, ValueKind, WriteError, probe,
 };
 
-use super::auth::{Principal, PrincipalKind, Role};
-use super::{ApiError, ApiPath, AppState, JsonBody, clear_cookie, client_addr, session_cookie};
+use super::auth::{AuthError, Principal, PrincipalKind, Role};
+use super::{
+    ApiError, ApiPath, AppState, Audited, JsonBody, audit_event, clear_cookie, client_addr,
+    session_cookie,
+};
+use crate::audit::{self, Event, Outcome, Source};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
@@ -55,23 +59,27 @@ pub async fn not_found(uri: Uri) -> Response {
 
 /// 200 while the pipeline works (the uplink being offline is buffering, not a failure);
 /// 503 when the buffer failed or a component keeps restarting.
-pub async fn healthz(State(st): State<AppState>) -> Response {
+/// Public: the status only (`ok`/`failing`), for load balancers and monitors; the problems,
+/// uplink state and backlog need a signed-in user or token (they tell an attacker what is down).
+pub async fn healthz(State(st): State<AppState>, p: Option<Extension<Principal>>) -> Response {
     let r = st.status.report();
     let code = if r.healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        Json(json!({
-            "status": if r.healthy { "ok" } else { "failing" },
+    let status = if r.healthy { "ok" } else { "failing" };
+    let body = if p.is_some() {
+        json!({
+            "status": status,
             "problems": r.problems,
             "uplink": r.uplink.state,
             "backlog_records": r.buffer.records,
-        })),
-    )
-        .into_response()
+        })
+    } else {
+        json!({ "status": status })
+    };
+    (code, Json(body)).into_response()
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Response {
@@ -80,7 +88,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.status.metrics(),
+        st.status.metrics() + &st.web_stats.render(),
     )
         .into_response()
 }
@@ -125,11 +133,30 @@ fn signed_in(user: &str, role: Role, sid: &str, csrf: &str) -> Response {
     resp
 }
 
-pub async fn setup(State(st): State<AppState>, JsonBody(b): JsonBody<SetupBody>) -> ApiResult {
-    let (user, sid, csrf) = st
+pub async fn setup(
+    State(st): State<AppState>,
+    addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
+    JsonBody(b): JsonBody<SetupBody>,
+) -> ApiResult {
+    let peer = client_addr(addr);
+    let r = st
         .auth
-        .setup(&b.username, &b.password, &b.setup_code)
-        .await?;
+        .setup(&b.username, &b.password, &b.setup_code, peer)
+        .await;
+    let outcome = if r.is_ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Denied
+    };
+    st.audit
+        .record(
+            Event::new(Source::Web, b.username.clone(), "setup")
+                .peer(peer)
+                .target(b.username.clone())
+                .outcome(outcome),
+        )
+        .await;
+    let (user, sid, csrf) = r?;
     Ok(signed_in(&user.name, user.role, &sid, &csrf))
 }
 
@@ -144,10 +171,21 @@ pub async fn login(
     addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
     JsonBody(b): JsonBody<LoginBody>,
 ) -> ApiResult {
-    let (user, sid, csrf) = st
-        .auth
-        .login(&b.username, &b.password, &client_addr(addr))
-        .await?;
+    let peer = client_addr(addr);
+    let r = st.auth.login(&b.username, &b.password, peer).await;
+    let (action, outcome) = match &r {
+        Ok(_) => ("login", Outcome::Ok),
+        Err(AuthError::RateLimited(_)) => ("login_throttled", Outcome::Denied),
+        Err(_) => ("login_failed", Outcome::Denied),
+    };
+    st.audit
+        .record(
+            Event::new(Source::Web, b.username.clone(), action)
+                .peer(peer)
+                .outcome(outcome),
+        )
+        .await;
+    let (user, sid, csrf) = r?;
     Ok(signed_in(&user.name, user.role, &sid, &csrf))
 }
 
@@ -168,9 +206,12 @@ pub struct PasswordBody {
 pub async fn password(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
     JsonBody(b): JsonBody<PasswordBody>,
 ) -> ApiResult {
-    st.auth.change_password(&p, &b.current, &b.new).await?;
+    st.auth
+        .change_password(&p, &b.current, &b.new, client_addr(addr))
+        .await?;
     Ok(Json(json!({"ok": true})).into_response())
 }
 
@@ -473,13 +514,48 @@ fn to_value(kind: ValueKind, v: &Json_) -> Result<Value, String> {
     })
 }
 
+/// Writes one tag (operators and admins). Recorded in the audit trail with the value before
+/// (the poller's latest reading), the value asked for and the result.
 pub async fn device_write(
     State(st): State<AppState>,
     Extension(p): Extension<Principal>,
+    addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
     ApiPath(name): ApiPath<String>,
     JsonBody(b): JsonBody<WriteBody>,
 ) -> ApiResult {
-    let (_, dev) = resolved(&st, &name)?;
+    let old = st
+        .hub
+        .latest_tag(&name, &b.tag)
+        .and_then(|r| r.value)
+        .map(|v| serde_json::to_value(v).unwrap_or(Json_::Null))
+        .unwrap_or(Json_::Null);
+    let r = write_tag(&st, &p, &name, &b).await;
+    let (outcome, error) = match &r {
+        Ok(_) => (Outcome::Ok, None),
+        Err(e) if e.status.is_client_error() => (Outcome::Denied, Some(e.message.clone())),
+        Err(e) => (Outcome::Failed, Some(e.message.clone())),
+    };
+    let peer = addr.map(|Extension(c)| c.0.0.ip());
+    st.audit
+        .record(
+            audit_event(&p, peer, "device_write")
+                .target(format!("{name}/{}", b.tag))
+                .outcome(outcome)
+                .detail(json!({"old": old, "new": b.value, "error": error})),
+        )
+        .await;
+    let mut resp = r?.into_response();
+    resp.extensions_mut().insert(Audited);
+    Ok(resp)
+}
+
+async fn write_tag(
+    st: &AppState,
+    p: &Principal,
+    name: &str,
+    b: &WriteBody,
+) -> ApiResult<Json<Json_>> {
+    let (_, dev) = resolved(st, name)?;
     let Some((_, tag)) = dev.tag(&b.tag) else {
         return Err(ApiError::not_found(format!(
             "device {name:?} has no tag {:?}",
@@ -494,8 +570,8 @@ pub async fn device_write(
     }
     let value = to_value(tag.value_kind(), &b.value).map_err(|m| ApiError::field("value", m))?;
     tracing::info!(by = %p.who(), device = %name, tag = %b.tag, value = %b.value, "web write to a Modbus tag");
-    match st.hub.write(&name, &b.tag, value).await {
-        Ok(o) => Ok(Json(json!({"ok": true, "verified": o.verified})).into_response()),
+    match st.hub.write(name, &b.tag, value).await {
+        Ok(o) => Ok(Json(json!({"ok": true, "verified": o.verified}))),
         Err(e) => {
             tracing::warn!(by = %p.who(), device = %name, tag = %b.tag, error = %e, "web write failed");
             Err(match e {
@@ -517,6 +593,57 @@ pub async fn device_write(
             })
         }
     }
+}
+
+/// `GET /api/audit`: the audit trail, filtered (`since_ms`, `until_ms`, `actor`, `action`,
+/// `source`, `outcome`, `text`, `limit`), as JSON (default), `format=csv` or `format=jsonl`
+/// (both as a download).
+pub async fn audit_records(State(st): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult {
+    let format = q.format.clone().unwrap_or_default();
+    let trail = st.audit.clone();
+    let records = tokio::task::spawn_blocking(move || trail.query(&q.filter))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let download = |ct: &'static str, name: &'static str, body: String| {
+        (
+            [
+                (header::CONTENT_TYPE, ct),
+                (header::CONTENT_DISPOSITION, name),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    Ok(match format.as_str() {
+        "" | "json" => Json(json!({ "records": records })).into_response(),
+        "csv" => download(
+            "text/csv; charset=utf-8",
+            "attachment; filename=\"ironbridge-audit.csv\"",
+            audit::to_csv(&records),
+        ),
+        "jsonl" => download(
+            "application/x-ndjson",
+            "attachment; filename=\"ironbridge-audit.jsonl\"",
+            records
+                .iter()
+                .filter_map(|r| serde_json::to_string(r).ok())
+                .map(|l| l + "\n")
+                .collect(),
+        ),
+        other => {
+            return Err(ApiError::field(
+                "format",
+                format!("{other:?} is not json, csv or jsonl"),
+            ));
+        }
+    })
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    format: Option<String>,
+    #[serde(flatten)]
+    filter: audit::Query,
 }
 
 pub async fn mqtt_clients(State(st): State<AppState>) -> Response {

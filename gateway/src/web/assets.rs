@@ -17,6 +17,7 @@ pub const PAGES: &[&str] = &[
     "/uplink",
     "/buffer",
     "/system",
+    "/audit",
 ];
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -54,6 +55,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
     ("/assets/uplink.js", JS, include_bytes!("assets/uplink.js")),
     ("/assets/buffer.js", JS, include_bytes!("assets/buffer.js")),
     ("/assets/system.js", JS, include_bytes!("assets/system.js")),
+    ("/assets/audit.js", JS, include_bytes!("assets/audit.js")),
 ];
 
 /// The content type and bytes served at `path`: a page route (the HTML shell, also with a

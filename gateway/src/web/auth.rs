@@ -4,37 +4,30 @@
 //! * Passwords: argon2id (the same hashing as `[mqtt.users]`), at most two checks at once.
 //! * Sessions: a random 256-bit id in the cookie; sled keeps only its SHA-256 (a copy of the
 //!   state directory does not hand out live sessions), with idle and absolute expiry and a
-//!   per-session CSRF token. At most [`MAX_SESSIONS`]; the least recently used goes first.
+//!   per-session CSRF token. At most [`MAX_SESSIONS_PER_USER`] per user; a new one ends that
+//!   user's least recently used.
 //! * API tokens: `ibt_<id>_<secret>`, shown once, stored as SHA-256, with a role.
 
-use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use ironbridge_broker::throttle::LoginThrottle;
+
 use crate::config_store::ConfigStore;
 use crate::state::{StateError, StateStore, Tree};
 
-pub const MAX_SESSIONS: usize = 256;
+/// Live sessions one user may have; signing in once more ends their least recently used.
+pub const MAX_SESSIONS_PER_USER: usize = 8;
 pub const MAX_USERS: usize = 64;
 pub const MAX_TOKENS: usize = 64;
 pub const MIN_PASSWORD_LEN: usize = 10;
 pub const MAX_PASSWORD_LEN: usize = 256;
-
-/// Failed logins for one user name before it is locked out, and for one client address.
-const USER_FAILURES: u32 = 5;
-const IP_FAILURES: u32 = 20;
-/// First lockout; doubles with every further failure, up to [`LOCK_MAX`].
-const LOCK_BASE: Duration = Duration::from_secs(30);
-const LOCK_MAX: Duration = Duration::from_secs(15 * 60);
-/// A key's failures are forgotten this long after its last one.
-const FORGET_AFTER: Duration = Duration::from_secs(3600);
-/// Keys tracked by the limiter at most (bounded memory under a spraying attack).
-const LIMITER_KEYS: usize = 4096;
 
 /// Common passwords refused whatever their length (lower case; the check ignores case and
 /// trailing digits/punctuation).
@@ -100,7 +93,22 @@ const COMMON: &[&str] = &[
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Admin,
+    /// Reads everything, writes tags and sends device commands; changes no configuration,
+    /// users, tokens or certificates.
+    Operator,
     Viewer,
+}
+
+impl Role {
+    /// Whether this role includes everything `other` may do (admin ⊃ operator ⊃ viewer).
+    pub fn includes(self, other: Role) -> bool {
+        let rank = |r: Role| match r {
+            Role::Viewer => 0,
+            Role::Operator => 1,
+            Role::Admin => 2,
+        };
+        rank(self) >= rank(other)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +265,15 @@ pub fn password_problem(username: &str, password: &str) -> Option<String> {
     None
 }
 
+/// The throttle's user key of a web account: its own namespace beside MQTT user names (the
+/// per-address count is shared, so one guessing host is one budget across both).
+fn throttle_key(username: &str) -> String {
+    format!("web:{}", username.to_lowercase())
+}
+
+/// The throttle's key for guesses of the first-boot setup code.
+const SETUP_KEY: &str = "web-setup";
+
 fn username_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 64 {
         return Some("must be 1 to 64 characters".into());
@@ -270,96 +287,14 @@ fn username_problem(name: &str) -> Option<String> {
     None
 }
 
-/// Failed attempts per key (user name, client address) with lockout and exponential backoff.
-/// Holds at most [`LIMITER_KEYS`] keys.
-pub struct RateLimiter {
-    map: Mutex<HashMap<String, Attempts>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Attempts {
-    failures: u32,
-    locked_until: Option<Instant>,
-    last: Instant,
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter {
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl RateLimiter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Attempts>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `Err(retry_after)` while `key` is locked out.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        match self.lock().get(key).and_then(|a| a.locked_until) {
-            Some(until) if until > now => Err(until - now),
-            _ => Ok(()),
-        }
-    }
-
-    /// Records a failure; returns the lockout it starts, if any.
-    pub fn failure(&self, key: &str, threshold: u32) -> Option<Duration> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        if !map.contains_key(key) && map.len() >= LIMITER_KEYS {
-            map.retain(|_, a| now.duration_since(a.last) < FORGET_AFTER);
-            if map.len() >= LIMITER_KEYS
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, a)| a.last)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
-        }
-        let a = map.entry(key.to_string()).or_insert(Attempts {
-            failures: 0,
-            locked_until: None,
-            last: now,
-        });
-        if now.duration_since(a.last) >= FORGET_AFTER {
-            a.failures = 0;
-        }
-        a.failures = a.failures.saturating_add(1);
-        a.last = now;
-        if a.failures >= threshold {
-            let exp = (a.failures - threshold).min(16);
-            let lock = LOCK_BASE.saturating_mul(1u32 << exp).min(LOCK_MAX);
-            a.locked_until = Some(now + lock);
-            Some(lock)
-        } else {
-            None
-        }
-    }
-
-    pub fn success(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The web's users, sessions, tokens and setup state.
 pub struct Auth {
     users: Tree,
     sessions: Tree,
     tokens: Tree,
     setup_code: Mutex<Option<String>>,
-    pub limiter: RateLimiter,
+    /// Failed-login throttling: the same object (and policy) as the MQTT endpoint's logins.
+    throttle: LoginThrottle,
     hash_slots: Arc<Semaphore>,
     config: Arc<ConfigStore>,
 }
@@ -370,13 +305,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Auth {
     /// Opens the trees; while no user exists, makes a one-time setup code and logs it.
-    pub fn open(store: &StateStore, config: Arc<ConfigStore>) -> Result<Auth, AuthError> {
+    /// `throttle` is shared with the MQTT endpoint's logins (one policy for both).
+    pub fn open(
+        store: &StateStore,
+        config: Arc<ConfigStore>,
+        throttle: LoginThrottle,
+    ) -> Result<Auth, AuthError> {
         let auth = Auth {
             users: store.tree("web.users")?,
             sessions: store.tree("web.sessions")?,
             tokens: store.tree("web.tokens")?,
             setup_code: Mutex::new(None),
-            limiter: RateLimiter::default(),
+            throttle,
             hash_slots: Arc::new(Semaphore::new(2)),
             config,
         };
@@ -476,41 +416,55 @@ impl Auth {
         username: &str,
         password: &str,
         code: &str,
+        peer: IpAddr,
     ) -> Result<(User, String, String), AuthError> {
         if !self.setup_required() {
             return Err(AuthError::SetupDone);
         }
-        self.limiter
-            .check("setup")
+        let attempt = self
+            .throttle
+            .reserve(SETUP_KEY, peer)
             .map_err(AuthError::RateLimited)?;
         let expected = lock(&self.setup_code).clone();
         if let Some(expected) = expected {
             let given = code.trim().to_ascii_uppercase();
             if !ct_eq(given.as_bytes(), expected.as_bytes()) {
-                self.limiter.failure("setup", 10);
+                attempt.failure();
                 return Err(AuthError::BadSetupCode);
             }
         }
-        let user = self.create_user(username, password, Role::Admin).await?;
+        // A refused user name or password is not a guess of the code.
+        let user = match self.create_user(username, password, Role::Admin).await {
+            Ok(u) => u,
+            Err(e) => {
+                attempt.cancel();
+                return Err(e);
+            }
+        };
         *lock(&self.setup_code) = None;
-        self.limiter.success("setup");
+        attempt.success();
         tracing::info!(user = %user.name, "first-boot setup done: admin account created");
         let (sid, csrf) = self.new_session(&user.name)?;
         Ok((user, sid, csrf))
     }
 
-    /// Checks user name and password (rate limited per user name and per client address).
+    /// Checks user name and password. The attempt is reserved in the throttle before the hash
+    /// is checked, so a burst of concurrent guesses gets no more than the limit; the lock is per
+    /// user name × address (and per address), so a guesser cannot lock the real user out from
+    /// another address.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
-        client: &str,
+        peer: IpAddr,
     ) -> Result<(User, String, String), AuthError> {
-        let ukey = format!("user:{}", username.to_lowercase());
-        let ikey = format!("ip:{client}");
-        for k in [&ukey, &ikey] {
-            self.limiter.check(k).map_err(AuthError::RateLimited)?;
-        }
+        let attempt = match self.throttle.reserve(&throttle_key(username), peer) {
+            Ok(a) => a,
+            Err(wait) => {
+                tracing::warn!(user = %username, %peer, retry_after_s = wait.as_secs(), "web login refused: too many failures");
+                return Err(AuthError::RateLimited(wait));
+            }
+        };
         let found = self.user(username).ok().flatten();
         let hash = found
             .as_ref()
@@ -519,15 +473,14 @@ impl Auth {
         let ok = self.verify(hash, password.to_string()).await && found.is_some();
         match (ok, found) {
             (true, Some(user)) => {
-                self.limiter.success(&ukey);
+                attempt.success();
                 let (sid, csrf) = self.new_session(&user.name)?;
-                tracing::info!(user = %user.name, %client, "web login");
+                tracing::info!(user = %user.name, %peer, "web login");
                 Ok((user, sid, csrf))
             }
             _ => {
-                let a = self.limiter.failure(&ukey, USER_FAILURES);
-                let b = self.limiter.failure(&ikey, IP_FAILURES);
-                tracing::warn!(user = %username, %client, locked_s = ?a.or(b).map(|d| d.as_secs()), "web login failed");
+                attempt.failure();
+                tracing::warn!(user = %username, %peer, "web login failed");
                 Err(AuthError::BadCredentials)
             }
         }
@@ -535,26 +488,23 @@ impl Auth {
 
     /// A new session for `user` (no password check: callers have done it).
     pub(crate) fn new_session(&self, user: &str) -> Result<(String, String), AuthError> {
-        if self.sessions.len() >= MAX_SESSIONS {
-            self.cleanup();
-        }
-        while self.sessions.len() >= MAX_SESSIONS {
-            let oldest = self
-                .sessions
-                .iter()
-                .filter_map(|kv| kv.ok())
-                .filter_map(|(k, v)| {
-                    serde_json::from_slice::<SessionRec>(&v)
-                        .ok()
-                        .map(|s| (s.last_seen_ms, k))
-                })
-                .min_by_key(|(t, _)| *t);
-            match oldest {
-                Some((_, k)) => {
-                    self.sessions.remove(k)?;
-                }
-                None => break,
-            }
+        // The cap is per user: a user who signs in again and again only ends their own oldest
+        // sessions, never another user's (the total stays under MAX_USERS × the cap).
+        let mut own: Vec<(i64, sled::IVec)> = self
+            .sessions
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| {
+                serde_json::from_slice::<SessionRec>(&v)
+                    .ok()
+                    .filter(|s| s.user == user)
+                    .map(|s| (s.last_seen_ms, k))
+            })
+            .collect();
+        own.sort_by_key(|(t, _)| *t);
+        let excess = (own.len() + 1).saturating_sub(MAX_SESSIONS_PER_USER);
+        for (_, k) in own.into_iter().take(excess) {
+            self.sessions.remove(k)?;
         }
         let sid = random_b64(32)?;
         let csrf = random_b64(32)?;
@@ -725,6 +675,7 @@ impl Auth {
         p: &Principal,
         current: &str,
         new: &str,
+        peer: IpAddr,
     ) -> Result<(), AuthError> {
         let PrincipalKind::Session { user, key, .. } = &p.kind else {
             return Err(AuthError::Invalid(
@@ -734,15 +685,18 @@ impl Auth {
         let mut u = self
             .user(user)?
             .ok_or_else(|| AuthError::NotFound(format!("no user {user:?}")))?;
-        let rkey = format!("user:{}", user.to_lowercase());
-        self.limiter.check(&rkey).map_err(AuthError::RateLimited)?;
+        let attempt = self
+            .throttle
+            .reserve(&throttle_key(user), peer)
+            .map_err(AuthError::RateLimited)?;
         if !self.verify(u.hash.clone(), current.to_string()).await {
-            self.limiter.failure(&rkey, USER_FAILURES);
+            attempt.failure();
             return Err(AuthError::Policy {
                 field: "current",
                 message: "is not your current password".into(),
             });
         }
+        attempt.success();
         if let Some(problem) = password_problem(user, new) {
             return Err(AuthError::Policy {
                 field: "new",
@@ -844,13 +798,18 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1, 2, 3, 4));
+
     fn auth() -> (Auth, Arc<ConfigStore>) {
         let store = StateStore::temporary().expect("sled");
         let mut c = Config::default();
         c.web.session_idle_timeout_s = 1;
         c.web.session_absolute_timeout_s = 2;
         let cfg = ConfigStore::new(c, None);
-        (Auth::open(&store, cfg.clone()).expect("auth"), cfg)
+        (
+            Auth::open(&store, cfg.clone(), LoginThrottle::default()).expect("auth"),
+            cfg,
+        )
     }
 
     #[test]
@@ -866,40 +825,23 @@ mod tests {
         assert!(password_problem("admin", "correct horse battery").is_none());
     }
 
-    #[test]
-    fn limiter_locks_out_with_backoff_and_stays_bounded() {
-        let l = RateLimiter::default();
-        for _ in 0..USER_FAILURES - 1 {
-            assert!(l.failure("u", USER_FAILURES).is_none());
-            assert!(l.check("u").is_ok());
-        }
-        let first = l.failure("u", USER_FAILURES).expect("locked");
-        assert!(l.check("u").is_err());
-        let second = l.failure("u", USER_FAILURES).expect("locked");
-        assert!(second > first);
-        l.success("u");
-        assert!(l.check("u").is_ok());
-        for i in 0..LIMITER_KEYS + 100 {
-            l.failure(&format!("ip:{i}"), IP_FAILURES);
-        }
-        assert!(l.len() <= LIMITER_KEYS);
-    }
-
     #[tokio::test(flavor = "multi_thread")]
     async fn setup_login_sessions_tokens() {
         let (a, _cfg) = auth();
         assert!(a.setup_required());
         let code = lock(&a.setup_code).clone().expect("code");
         assert!(matches!(
-            a.setup("admin", "correct horse battery", "WRONG").await,
+            a.setup("admin", "correct horse battery", "WRONG", PEER)
+                .await,
             Err(AuthError::BadSetupCode)
         ));
         let (_, sid, csrf) = a
-            .setup("admin", "correct horse battery", &code)
+            .setup("admin", "correct horse battery", &code, PEER)
             .await
             .expect("setup");
         assert!(matches!(
-            a.setup("admin2", "correct horse battery", &code).await,
+            a.setup("admin2", "correct horse battery", &code, PEER)
+                .await,
             Err(AuthError::SetupDone)
         ));
         let p = a.session(&sid).expect("session");
@@ -907,10 +849,10 @@ mod tests {
         assert!(matches!(&p.kind, PrincipalKind::Session { csrf: c, .. } if *c == csrf));
         assert!(a.session("forged").is_none());
         assert!(matches!(
-            a.login("admin", "wrong password!", "1.2.3.4").await,
+            a.login("admin", "wrong password!", PEER).await,
             Err(AuthError::BadCredentials)
         ));
-        a.login("admin", "correct horse battery", "1.2.3.4")
+        a.login("admin", "correct horse battery", PEER)
             .await
             .expect("login");
         assert!(matches!(

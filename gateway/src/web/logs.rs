@@ -10,6 +10,8 @@ use serde::Serialize;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
 
+use crate::log_format::{escape, field_value};
+
 pub const CAPACITY: usize = 1000;
 pub const MAX_MESSAGE: usize = 2048;
 
@@ -68,21 +70,19 @@ struct Fields {
     rest: String,
 }
 
+/// Fields are escaped like the text log's ([`crate::log_format`]), so an outside value cannot
+/// pass for another field or line in the UI either.
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message.push_str(value);
+            self.message.push_str(&escape(value));
         } else {
-            let _ = write!(self.rest, " {}={}", field.name(), value);
+            let _ = write!(self.rest, " {}={}", field.name(), field_value(value));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            let _ = write!(self.rest, " {}={:?}", field.name(), value);
-        }
+        self.record_str(field, &format!("{value:?}"));
     }
 }
 

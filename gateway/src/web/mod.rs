@@ -2,7 +2,7 @@
 //! `/healthz`, plus a plain-HTTP listener that only redirects to HTTPS.
 //!
 //! Access control lives in one place: every route is added through [`Routes::add`] with its
-//! [`Access`] (public, viewer, admin), and the [`guard`] middleware decides every request from
+//! [`Access`] (public, viewer, operator, admin), and the [`guard`] middleware decides every request from
 //! that table — authentication (session cookie or bearer token), role, and CSRF for
 //! state-changing requests made with a cookie. `tests::every_route_is_guarded` walks the table.
 //! The API is documented in `API.md` beside this file.
@@ -11,11 +11,12 @@ pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod config_api;
+pub mod listener;
 pub mod logs;
 pub mod tls;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -33,6 +34,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::audit;
 use crate::config_store::{ConfigStore, StoreError};
 use crate::modbus::ModbusHub;
 use crate::mqtt::ClientRegistry;
@@ -57,7 +59,9 @@ pub enum Access {
     Public,
     /// Any signed-in user or token (GET of status and configuration, own password, logout).
     Viewer,
-    /// Admins only (every change).
+    /// Operators and admins: writes to devices (tag writes, test reads that reach the device).
+    Operator,
+    /// Admins only (configuration, users, tokens, certificates, restart).
     Admin,
 }
 
@@ -75,6 +79,10 @@ pub struct WebContext {
     /// Set to true to ask the daemon for an orderly restart.
     pub restart: watch::Sender<bool>,
     pub started: Instant,
+    /// The listeners' counters (`/metrics`).
+    pub web_stats: Arc<listener::WebStats>,
+    /// The audit trail: logins, changes and device writes made here are recorded in it.
+    pub audit: Arc<crate::audit::AuditTrail>,
 }
 
 pub type AppState = Arc<WebContext>;
@@ -130,6 +138,7 @@ pub const PAGES: &[&str] = &[
     "/uplink",
     "/buffer",
     "/system",
+    "/audit",
 ];
 
 fn routes() -> Routes {
@@ -165,11 +174,16 @@ fn routes() -> Routes {
             Admin,
             config_api::delete_device,
         )
-        .add(M::POST, "/api/devices/{name}/read", Admin, api::device_read)
+        .add(
+            M::POST,
+            "/api/devices/{name}/read",
+            Operator,
+            api::device_read,
+        )
         .add(
             M::POST,
             "/api/devices/{name}/write",
-            Admin,
+            Operator,
             api::device_write,
         )
         .add(
@@ -187,6 +201,7 @@ fn routes() -> Routes {
         .add(M::GET, "/api/mqtt/clients", Viewer, api::mqtt_clients)
         .add(M::POST, "/api/uplink/test", Admin, api::uplink_test)
         .add(M::GET, "/api/logs", Viewer, api::logs)
+        .add(M::GET, "/api/audit", Admin, api::audit_records)
         .add(M::GET, "/api/system", Viewer, api::system)
         .add(M::POST, "/api/system/restart", Admin, api::restart)
         .add(M::GET, "/api/config", Viewer, config_api::get_config)
@@ -233,6 +248,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.web_stats.clone(),
+            listener::request_timeout,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -331,12 +350,25 @@ fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The one access check: decides every routed request from the access table.
+/// The one access check: decides every routed request from the access table. Every
+/// state-changing request of a signed-in user or token is recorded in the audit trail with its
+/// outcome — refused here or answered by the handler — unless the handler recorded it itself
+/// with more detail ([`Audited`]).
 pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let access = match req.extensions().get::<MatchedPath>() {
+    // HEAD is served by the GET handler (without its body), so it has GET's access.
+    let lookup = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    let matched = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let access = match &matched {
         // A path that exists with another method: as strict as possible (then 405).
-        Some(p) => access_of(&method, p.as_str()).unwrap_or(Access::Admin),
+        Some(p) => access_of(&lookup, p).unwrap_or(Access::Admin),
         None => Access::Admin,
     };
     let principal = match authenticate(&st, req.headers()) {
@@ -366,6 +398,8 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let Some(p) = principal else {
+        // Not recorded: anyone can send these, and they must not push real records out of the
+        // bounded trail.
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -373,33 +407,114 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
         )
         .into_response();
     };
-    if let PrincipalKind::Session { csrf, .. } = &p.kind
-        && !is_safe(&method)
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0.ip());
+    let audit = (!is_safe(&method)).then(|| {
+        let action = action_of(&method, matched.as_deref().unwrap_or(""));
+        let mut e = audit_event(&p, peer, action).target(req.uri().path().to_string());
+        e.detail = serde_json::json!({ "request": format!("{method} {}", matched.as_deref().unwrap_or("")) });
+        e
+    });
+    let resp = match check_role_and_csrf(&p, access, &method, req.headers()) {
+        Err(refusal) => refusal.into_response(),
+        Ok(()) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+    };
+    if let Some(e) = audit
+        && resp.extensions().get::<Audited>().is_none()
     {
-        let sent = req
-            .headers()
+        st.audit.record(e.outcome(outcome_of(resp.status()))).await;
+    }
+    resp
+}
+
+fn check_role_and_csrf(
+    p: &Principal,
+    access: Access,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if let PrincipalKind::Session { csrf, .. } = &p.kind
+        && !is_safe(method)
+    {
+        let sent = headers
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !auth::ct_eq(sent.as_bytes(), csrf.as_bytes()) {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "csrf",
                 "missing or wrong X-CSRF-Token header",
-            )
-            .into_response();
+            ));
         }
     }
-    if access == Access::Admin && p.role != Role::Admin {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this needs the admin role",
-        )
-        .into_response();
+    let needed = match access {
+        Access::Admin => Some(Role::Admin),
+        Access::Operator => Some(Role::Operator),
+        Access::Viewer | Access::Public => None,
+    };
+    if let Some(role) = needed
+        && !p.role.includes(role)
+    {
+        let message = match role {
+            Role::Admin => "this needs the admin role",
+            _ => "this needs the operator or admin role",
+        };
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message));
     }
-    req.extensions_mut().insert(p);
-    next.run(req).await
+    Ok(())
+}
+
+/// Marks a response whose handler wrote its own audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited;
+
+/// The audit event of an action by `p` (from `peer`).
+pub fn audit_event(p: &Principal, peer: Option<IpAddr>, action: &'static str) -> audit::Event {
+    let source = match p.kind {
+        PrincipalKind::Session { .. } => audit::Source::Web,
+        PrincipalKind::Token { .. } => audit::Source::Api,
+    };
+    let mut e = audit::Event::new(source, p.who(), action);
+    e.peer = peer.map(|ip| ip.to_string());
+    e
+}
+
+fn outcome_of(status: StatusCode) -> audit::Outcome {
+    if status.is_success() || status.is_redirection() {
+        audit::Outcome::Ok
+    } else if status.is_client_error() {
+        audit::Outcome::Denied
+    } else {
+        audit::Outcome::Failed
+    }
+}
+
+/// The audit action of a state-changing route.
+fn action_of(method: &Method, path: &str) -> &'static str {
+    match (method.as_str(), path) {
+        (_, p) if p.starts_with("/api/config") => "config_change",
+        ("POST", "/api/devices") | (_, "/api/devices/{name}") => "config_change",
+        (_, "/api/devices/{name}/tags.csv") => "config_change",
+        (_, "/api/devices/{name}/write") => "device_write",
+        (_, "/api/devices/{name}/read") => "device_read",
+        ("POST", "/api/users") => "user_create",
+        ("PUT", "/api/users/{name}") => "user_change",
+        ("DELETE", "/api/users/{name}") => "user_delete",
+        ("POST", "/api/tokens") => "token_create",
+        ("DELETE", "/api/tokens/{id}") => "token_delete",
+        (_, "/api/web/certificate") => "certificate_change",
+        (_, "/api/system/restart") => "restart",
+        (_, "/api/password") => "password_change",
+        (_, "/api/logout") => "logout",
+        (_, "/api/uplink/test") => "uplink_test",
+        _ => "change",
+    }
 }
 
 /// `Origin`, when sent, must name the host the request was sent to.
@@ -416,22 +531,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|o| o.eq_ignore_ascii_case(host))
 }
 
-/// The peer address of a connection (axum's connect info for [`tls::TlsListener`]).
+/// The peer address of a connection (inserted by [`listener::serve`] into every request).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-/// The client's address (for rate limiting), when the server provides it.
-pub fn client_addr(info: Option<Extension<ConnectInfo<ClientAddr>>>) -> String {
-    info.map(|Extension(c)| c.0.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// The client's address (for throttling and the audit trail); unspecified when the request did
+/// not come through [`listener::serve`] (in-process tests).
+pub fn client_addr(info: Option<Extension<ConnectInfo<ClientAddr>>>) -> IpAddr {
+    info.map(|Extension(c)| c.0.0.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 /// One field problem in an error response.

@@ -30,6 +30,8 @@ pub const ADMIN_PASSWORD: &str = "correct horse battery";
 /// A viewer account.
 pub const VIEWER: &str = "watcher";
 pub const VIEWER_PASSWORD: &str = "staple battery horse";
+pub const OPERATOR: &str = "shift-lead";
+pub const OPERATOR_PASSWORD: &str = "battery staple horse";
 
 /// Who sends a request made with [`WebHarness::request_as`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,7 @@ pub struct Cred {
     pub bearer: Option<String>,
 }
 
-/// A gateway's web state after first-boot setup: [`ADMIN`] and [`VIEWER`] exist.
+/// A gateway's web state after first-boot setup: [`ADMIN`], [`OPERATOR`] and [`VIEWER`] exist.
 pub struct WebHarness {
     pub state: AppState,
     config_path: PathBuf,
@@ -80,12 +82,25 @@ impl WebHarness {
         );
         let store = ConfigStore::new(c.clone(), Some(path.clone()));
         let auth = Arc::new(
-            Auth::open(&StateStore::temporary().expect("sled"), store.clone()).expect("auth"),
+            Auth::open(
+                &StateStore::temporary().expect("sled"),
+                store.clone(),
+                Default::default(),
+            )
+            .expect("auth"),
         );
         let code = auth.setup_code().expect("setup pending");
-        auth.setup(ADMIN, ADMIN_PASSWORD, &code)
+        auth.setup(
+            ADMIN,
+            ADMIN_PASSWORD,
+            &code,
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )
+        .await
+        .expect("setup");
+        auth.create_user(OPERATOR, OPERATOR_PASSWORD, Role::Operator)
             .await
-            .expect("setup");
+            .expect("operator");
         auth.create_user(VIEWER, VIEWER_PASSWORD, Role::Viewer)
             .await
             .expect("viewer");
@@ -102,6 +117,11 @@ impl WebHarness {
                 runtime_devices: Vec::new(),
                 restart: watch::channel(false).0,
                 started: Instant::now(),
+                web_stats: Arc::default(),
+                audit: Arc::new(
+                    crate::audit::AuditTrail::open(&dir.path().join("audit"), 1 << 20, 4)
+                        .expect("audit"),
+                ),
             }),
             config_path: path,
             _dir: dir,

@@ -6,7 +6,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use tower::ServiceExt as _;
 
 use super::auth::Role;
-use super::testing::{ADMIN, Cred, VIEWER, WebHarness};
+use super::testing::{ADMIN, Cred, OPERATOR, VIEWER, WebHarness};
 use super::*;
 
 /// A concrete path for a route pattern.
@@ -61,16 +61,22 @@ async fn every_route_is_guarded() {
             continue;
         }
 
-        let (viewer, body) = call(&h, &r.method, &path, &h.session(VIEWER)).await;
-        match r.access {
-            Access::Admin => {
-                assert_eq!(viewer, StatusCode::FORBIDDEN, "{what} as viewer: {body}");
-                assert!(body.contains("\"forbidden\""), "{what} as viewer: {body}");
+        for (user, role) in [(VIEWER, Role::Viewer), (OPERATOR, Role::Operator)] {
+            let (code, body) = call(&h, &r.method, &path, &h.session(user)).await;
+            let needed = match r.access {
+                Access::Admin => Role::Admin,
+                Access::Operator => Role::Operator,
+                _ => Role::Viewer,
+            };
+            if role.includes(needed) {
+                assert!(
+                    code != StatusCode::UNAUTHORIZED && code != StatusCode::FORBIDDEN,
+                    "{what} as {role:?} answered {code}: {body}"
+                );
+            } else {
+                assert_eq!(code, StatusCode::FORBIDDEN, "{what} as {role:?}: {body}");
+                assert!(body.contains("\"forbidden\""), "{what} as {role:?}: {body}");
             }
-            _ => assert!(
-                viewer != StatusCode::UNAUTHORIZED && viewer != StatusCode::FORBIDDEN,
-                "{what} as viewer answered {viewer}: {body}"
-            ),
         }
 
         let (admin, body) = call(&h, &r.method, &path, &h.session(ADMIN)).await;

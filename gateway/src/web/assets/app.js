@@ -13,6 +13,8 @@ export const NAV = [
 
 export const session = { user: "", role: "viewer", csrf: "" };
 export const isAdmin = () => session.role === "admin";
+// Operators (and admins) write tags and send device commands; only admins change configuration.
+export const canOperate = () => session.role === "admin" || session.role === "operator";
 
 // ---------- DOM ----------
 
@@ -362,7 +364,7 @@ export async function sectionForm(parent, section, title, build, opts = {}) {
       } finally { save.disabled = false; }
     });
   } else {
-    form.appendChild(el("p", { class: "muted small", text: "Read-only: your account has the viewer role." }));
+    form.appendChild(el("p", { class: "muted small", text: "Read-only: your account has the " + session.role + " role." }));
   }
   return { card, form, cfg, slot };
 }
@@ -424,6 +426,7 @@ export function pageHead(title, sub, ...right) {
 const PAGE_MODULES = {
   "/setup": "setup", "/login": "login", "/dashboard": "dashboard", "/devices": "devices", "/mqtt": "mqtt",
   "/sparkplug": "sparkplug", "/uplink": "uplink", "/buffer": "buffer", "/system": "system",
+  "/audit": "audit",
 };
 
 async function boot() {
@@ -455,7 +458,7 @@ async function boot() {
   }
   session.user = s.user || "";
   session.role = s.role || "viewer";
-  document.body.classList.add(isAdmin() ? "role-admin" : "role-viewer");
+  document.body.classList.add("role-" + (["admin", "operator"].includes(session.role) ? session.role : "viewer"));
   const { root, main } = layout(path, s.gateway_id);
   clear(app, root);
   document.title = (NAV.find(([h]) => h === path) || [, "Ironbridge"])[1] + " · Ironbridge";
@@ -463,3 +466,17 @@ async function boot() {
 }
 
 boot();
+
+/**
+ * Where to go after signing in: `next` only if it is a path on this same origin, else the
+ * dashboard. The browser's own URL parser decides (it drops tabs and newlines and reads `\` as
+ * `/`, which is what the known bypasses — `/\evil`, `//evil`, `/\t/evil`, `javascript:` —
+ * rely on), and the result is rebuilt from the parsed path so nothing else survives.
+ */
+export function safeNext(next) {
+  if (typeof next !== "string" || !next.startsWith("/") || /[\\\u0000-\u001f\u007f]/.test(next)) return "/dashboard";
+  let url;
+  try { url = new URL(next, location.origin); } catch { return "/dashboard"; }
+  if (url.origin !== location.origin || url.pathname.startsWith("//")) return "/dashboard";
+  return url.pathname + url.search + url.hash;
+}

@@ -9,6 +9,14 @@ function kv(pairs) {
   return dl;
 }
 
+// The age of the oldest record not yet acknowledged by Kafka. The uplink tracks it while it runs;
+// without one (no Kafka configured) nothing was ever sent, so it is the oldest record held.
+function oldestUnsent(u, b) {
+  if (u.lag_oldest_age_ms != null) return fmtDuration(u.lag_oldest_age_ms);
+  if (u.lag_records > 0 && b.oldest_age_ms != null) return fmtDuration(b.oldest_age_ms);
+  return "–";
+}
+
 function meterClass(f) { return f >= 0.9 ? "meter bad" : f >= 0.7 ? "meter warn" : "meter"; }
 function widthClass(f) { return "w" + Math.min(100, Math.max(0, Math.round(f * 20) * 5)); }
 
@@ -66,7 +74,8 @@ export async function render(main) {
       kv([
         ["Buffer fill", el("span", null, (fill * 100).toFixed(1) + " % of " + fmtBytes(b.max_bytes) + " ", pill(fillKind, fillKind === "ok" ? "OK" : fillKind === "warn" ? "High" : "Nearly full"))],
         ["On disk", fmtBytes(b.bytes) + " in " + fmtNum(b.records) + " records"],
-        ["Oldest unsent", u.lag_oldest_age_ms != null ? fmtDuration(u.lag_oldest_age_ms) : "–"],
+        // Without an uplink nothing was ever sent: the oldest unsent record is the oldest held.
+        ["Oldest unsent", oldestUnsent(u, b)],
         ["Oldest held", b.oldest_age_ms != null ? fmtDuration(b.oldest_age_ms) : "–"],
       ]));
 

@@ -1,7 +1,7 @@
 // Devices: list, live values, test read, write (admin, confirmed), add/edit/delete, tag CSV.
 import {
   el, api, clear, banner, toast, dialog, confirmDialog, field, textInput, numInput, select, checkbox,
-  numOrNull, showError, clearErrors, savedBanner, isAdmin, poll, pageHead, fmtAgo, fmtTime, fmtValue, fmtNum,
+  numOrNull, showError, clearErrors, savedBanner, isAdmin, canOperate, poll, pageHead, fmtAgo, fmtTime, fmtValue, fmtNum,
 } from "/assets/app.js";
 import { linkPill, qualityPill } from "/assets/common.js";
 
@@ -109,7 +109,7 @@ function detailView(main, name) {
           const cells = { value: el("td", { class: "num mono value" }), quality: el("td", { class: "quality" }), ts: el("td", { class: "ts" }) };
           rows.set(t.name, cells);
           const act = el("div", { class: "actions" });
-          if (isAdmin()) {
+          if (canOperate()) {
             act.appendChild(el("button", { type: "button", class: "small", text: "Test read", data: { action: "read", tag: t.name }, on: { click: () => testRead(d.name, t) } }));
             if (t.writable) act.appendChild(el("button", { type: "button", class: "small", text: "Write…", data: { action: "write", tag: t.name }, on: { click: () => writeTag(d.name, t) } }));
           }

@@ -1,5 +1,5 @@
 // Sign-in page.
-import { el, api, field, textInput, banner, clear } from "/assets/app.js";
+import { el, api, field, textInput, banner, clear, safeNext } from "/assets/app.js";
 
 export function render(root) {
   document.title = "Sign in · Ironbridge";
@@ -19,8 +19,7 @@ export function render(root) {
     btn.disabled = true;
     try {
       await api("POST", "/api/login", { username: user.value.trim(), password: pass.value }, { allow401: true });
-      const next = params.get("next");
-      location.replace(next && next.startsWith("/") && !next.startsWith("//") ? next : "/dashboard");
+      location.replace(safeNext(params.get("next")));
     } catch (e) {
       let msg = e.message;
       if (e.status === 401) msg = "Wrong username or password.";

@@ -1,6 +1,6 @@
 // MQTT: listeners, TLS, anonymous access, users, topic rules, limits, connected clients.
 import {
-  el, api, clear, banner, field, textInput, numInput, checkbox, select, sectionForm, pageHead, poll, isAdmin,
+  el, api, clear, banner, field, textInput, numInput, checkbox, select, sectionForm, pageHead, poll, isAdmin, session,
   confirmDialog, dialog, fmtAgo, fmtNum, fmtBytes, pill, lines, showError, clearErrors, savedBanner,
 } from "/assets/app.js";
 
@@ -224,7 +224,7 @@ function rulesCard(main, cfg) {
       })));
   card.append(slot, form);
   if (!admin) {
-    form.appendChild(el("p", { class: "muted small", text: "Read-only: your account has the viewer role." }));
+    form.appendChild(el("p", { class: "muted small", text: "Read-only: your account has the " + session.role + " role." }));
     return;
   }
   const save = el("button", { type: "submit", class: "primary", id: "save-rules", text: "Save rules" });

@@ -11,7 +11,7 @@ export function render(root, s) {
   const btn = el("button", { type: "submit", class: "primary", text: "Create administrator", id: "setup-submit" });
   const fields = el("div", { class: "fields" },
     field("Administrator username", user, { name: "username", always: true }),
-    field("Password", pass, { name: "password", always: true, help: "At least 12 characters; common passwords are refused." }),
+    field("Password", pass, { name: "password", always: true, help: "At least 10 characters; common passwords are refused." }),
     field("Repeat password", pass2, { name: "password2", always: true }),
     s.setup_code_required === false ? null
       : field("Setup code", code, { name: "setup_code", always: true, help: "Printed in the gateway's log at start (journalctl -u ironbridge | grep 'setup code')." }));

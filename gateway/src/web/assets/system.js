@@ -11,6 +11,9 @@ export async function render(main) {
   main.appendChild(grid);
   loadInfo(info);
   if (isAdmin()) {
+    main.append(el("section", { class: "card" }, el("h2", { text: "Audit trail" }),
+      el("p", { class: "muted", text: "Logins, configuration changes, accounts, certificates, restarts and every device write or command." }),
+      el("a", { class: "btn", href: "/audit", text: "Open the audit trail", id: "open-audit" })));
     main.append(usersCard(), tokensCard(), certCard());
   }
   main.appendChild(logsCard());
@@ -63,7 +66,7 @@ function passwordCard() {
   const form = el("form", { id: "password-form", attrs: { novalidate: true } },
     el("div", { class: "fields" },
       field("Current password", cur, { name: "current", always: true }),
-      field("New password", n1, { name: "new", always: true, help: "At least 12 characters." }),
+      field("New password", n1, { name: "new", always: true, help: "At least 10 characters; common passwords are refused." }),
       field("Repeat new password", n2, { name: "new2", always: true })),
     el("div", { class: "form-actions" }, el("button", { type: "submit", class: "primary", text: "Change password" })));
   form.addEventListener("submit", async (ev) => {
@@ -88,7 +91,7 @@ function usersCard() {
     try { users = await api("GET", "/api/users"); } catch (e) { clear(slot, banner("bad", e.message)); return; }
     clear(body, users.map((u) => {
       const name = u.username || u.name;
-      const role = select([["admin", "admin"], ["viewer", "viewer"]], u.role);
+      const role = select([["admin", "admin"], ["operator", "operator"], ["viewer", "viewer"]], u.role);
       role.setAttribute("aria-label", "Role of " + name);
       role.disabled = name === session.user;
       role.addEventListener("change", async () => {
@@ -105,7 +108,7 @@ function usersCard() {
   };
   const nu = textInput("", { autocomplete: "off" });
   const np = textInput("", { type: "password", autocomplete: "new-password" });
-  const nr = select([["viewer", "viewer (read only)"], ["admin", "admin"]], "viewer");
+  const nr = select([["viewer", "viewer (read only)"], ["operator", "operator (writes tags)"], ["admin", "admin"]], "viewer");
   const form = el("form", { id: "add-user", attrs: { novalidate: true } },
     el("h3", { text: "Add a user" }),
     el("div", { class: "fields" }, field("Username", nu, { name: "username" }), field("Password", np, { name: "password" }), field("Role", nr, { name: "role" })),
@@ -148,7 +151,7 @@ function tokensCard() {
       : el("tr", null, el("td", { class: "empty", colSpan: 4, text: "No API tokens." })));
   };
   const nn = textInput("", { placeholder: "prometheus" });
-  const nr = select([["viewer", "viewer (read only)"], ["admin", "admin"]], "viewer");
+  const nr = select([["viewer", "viewer (read only)"], ["operator", "operator (writes tags)"], ["admin", "admin"]], "viewer");
   const form = el("form", { attrs: { novalidate: true } },
     el("div", { class: "fields" }, field("Token name", nn, { name: "name" }), field("Role", nr, { name: "role" })),
     el("div", { class: "form-actions" }, el("button", { type: "submit", class: "primary", text: "Create token" })));
