@@ -544,7 +544,11 @@ pub async fn device_write(
                 .detail(json!({"old": old, "new": b.value, "error": error})),
         )
         .await;
-    let mut resp = r?.into_response();
+    // Marked either way, so the guard does not record the request a second time.
+    let mut resp = match r {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    };
     resp.extensions_mut().insert(Audited);
     Ok(resp)
 }
