@@ -181,7 +181,9 @@ async fn outside_values_cannot_forge_log_lines() -> Result<()> {
     let (code, body) = gw.api_get("/api/logs?limit=1000").await?;
     ensure!(code == 200, "/api/logs {code}");
     ensure!(
-        !body.contains("\\u001b") && !body.contains("\\n2026-12-07"),
+        // serde writes a raw ESC as `\u001b` and a raw U+202E as itself; the escaped forms
+        // are `\\u{1b}` and `\\u{202e}`.
+        !body.contains("\\u001b") && !body.contains('\u{202e}') && body.contains("\\\\u{1b}"),
         "the UI log holds raw control characters: {body}"
     );
     drop(gw);
