@@ -15,6 +15,10 @@ mod webdriver;
 #[path = "web_browser/mqtt_rules.rs"]
 mod mqtt_rules;
 
+// Issue 19: safe post-login redirects, the operator role and the audit page.
+#[path = "web_browser/audit_roles.rs"]
+mod audit_roles;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

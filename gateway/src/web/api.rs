@@ -544,7 +544,11 @@ pub async fn device_write(
                 .detail(json!({"old": old, "new": b.value, "error": error})),
         )
         .await;
-    let mut resp = r?.into_response();
+    // Marked either way, so the guard does not record the request a second time.
+    let mut resp = match r {
+        Ok(body) => body.into_response(),
+        Err(e) => e.into_response(),
+    };
     resp.extensions_mut().insert(Audited);
     Ok(resp)
 }
@@ -598,10 +602,14 @@ async fn write_tag(
 /// `GET /api/audit`: the audit trail, filtered (`since_ms`, `until_ms`, `actor`, `action`,
 /// `source`, `outcome`, `text`, `limit`), as JSON (default), `format=csv` or `format=jsonl`
 /// (both as a download).
-pub async fn audit_records(State(st): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult {
-    let format = q.format.clone().unwrap_or_default();
+pub async fn audit_records(
+    State(st): State<AppState>,
+    Query(filter): Query<audit::Query>,
+    Query(f): Query<AuditFormat>,
+) -> ApiResult {
+    let format = f.format.unwrap_or_default();
     let trail = st.audit.clone();
-    let records = tokio::task::spawn_blocking(move || trail.query(&q.filter))
+    let records = tokio::task::spawn_blocking(move || trail.query(&filter))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let download = |ct: &'static str, name: &'static str, body: String| {
@@ -639,11 +647,10 @@ pub async fn audit_records(State(st): State<AppState>, Query(q): Query<AuditQuer
     })
 }
 
+/// `format=` of `GET /api/audit` (the filters are [`audit::Query`], from the same query string).
 #[derive(Deserialize)]
-pub struct AuditQuery {
+pub struct AuditFormat {
     format: Option<String>,
-    #[serde(flatten)]
-    filter: audit::Query,
 }
 
 pub async fn mqtt_clients(State(st): State<AppState>) -> Response {
