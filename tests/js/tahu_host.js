@@ -9,8 +9,8 @@
 //   {"event": "ready"}                      connected, subscribed (QoS 1) to every filter
 //   {"kind": "sparkplug", "topic", "type", "group", "node", "device", "qos", "retain", "dup",
 //    "seq", "bd_seq", "timestamp", "uuid", "metrics": [{"name", "alias", "datatype",
-//    "datatype_from", "value", "is_null", "timestamp", "is_historical", "is_transient",
-//    "properties": {"key": {"type", "value"}}}]}
+//    "datatype_from", "value_field", "value", "is_null", "timestamp", "is_historical",
+//    "is_transient", "properties": {"key": {"type", "value"}}}]}
 //   {"kind": "state", "topic", "qos", "retain", "state": {...} | "text"}
 //   {"kind": "other", "topic", "qos", "retain"}
 //   {"kind": "undecodable", "topic", "error"}
@@ -26,7 +26,11 @@
 //   {"id", "cmd": "ncmd_rebirth", "group", "node"}
 //   {"id", "cmd": "dcmd", "group", "node", "device", "metrics": [{"name"|"alias", "datatype",
 //    "value"}]}
-// "ack" means the client handed the packet to the socket (QoS 0 has no acknowledgement).
+//   {"id", "cmd": "publish", "topic", "payload": {"timestamp", "seq", "metrics": [{"name",
+//    "alias", "type", "value", "timestamp"}]}}   any Sparkplug message (as a third-party node)
+//   {"id", "cmd": "raw", "topic", "text", "qos"?, "retain"?}   UTF-8 text as is (e.g. a STATE)
+// "ack" means the client handed the packet to the socket (QoS 0 has no acknowledgement; for a
+// raw publish at QoS 1, the PUBACK).
 "use strict";
 
 const mqtt = require("mqtt");
@@ -98,6 +102,9 @@ function decodeSparkplug(topic, payload, packet) {
   }
   // Alias-only metrics: give them the birth's datatype (device first, then node) and let Tahu
   // decode the patched payload.
+  // Which protobuf value field each metric used (e.g. intValue for a UInt32, as Sparkplug 3.0
+  // says, where Tahu's JavaScript decoder reads longValue).
+  const fields = raw.metrics.map((m) => m.value || null);
   const from = [];
   const defs = [births.get(k), births.get(key(group, node, null))].filter(Boolean);
   let patched = false;
@@ -127,6 +134,7 @@ function decodeSparkplug(topic, payload, packet) {
     alias: plain(m.alias),
     datatype: from[i] === null ? null : m.type,
     datatype_from: from[i],
+    value_field: fields[i],
     value: plain(m.value),
     is_null: m.value === null,
     timestamp: plain(m.timestamp),
@@ -187,7 +195,20 @@ function command(c) {
     });
     return [`spBv1.0/${c.group}/DCMD/${c.node}/${c.device}`, { timestamp, metrics }];
   }
+  if (c.cmd === "publish") {
+    // The host as a third-party edge node (ingest tests): any Sparkplug message, Tahu-encoded.
+    return [c.topic, c.payload];
+  }
   throw new Error(`unknown command ${JSON.stringify(c.cmd)}`);
+}
+
+// [topic, payload bytes, publish options] of a command line.
+function publication(c) {
+  if (c.cmd === "raw") {
+    return [c.topic, Buffer.from(c.text, "utf8"), { qos: c.qos || 0, retain: c.retain === true }];
+  }
+  const [topic, body] = command(c);
+  return [topic, Buffer.from(sparkplug.encodePayload(body)), { qos: 0, retain: false }];
 }
 
 const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, {
@@ -225,8 +246,8 @@ process.stdin.on("data", (chunk) => {
     try {
       const c = JSON.parse(line);
       id = c.id === undefined ? null : c.id;
-      const [topic, body] = command(c);
-      client.publish(topic, Buffer.from(sparkplug.encodePayload(body)), { qos: 0, retain: false }, (err) =>
+      const [topic, payload, opts] = publication(c);
+      client.publish(topic, payload, opts, (err) =>
         emit(err ? { event: "error", id, error: String(err) } : { event: "ack", id }),
       );
     } catch (e) {

@@ -10,6 +10,7 @@
 //! - [`kafka`]: create topics, produce and consume with the independent Python client (confluent-kafka).
 //! - [`mqtt`]: publish with `mosquitto_pub` or the Python paho-mqtt script; a `mosquitto` reference broker.
 //! - [`sparkplug::Host`]: the independent Sparkplug B host application (paho + Google protobuf).
+//! - [`tahu::TahuHost`]: a second independent host, Eclipse Tahu's JavaScript codec + MQTT.js (node).
 //! - [`external`]: where the external tools live, and the "install it / skip it" policy.
 //!
 //! External tools are installed by `tests/scripts/install-deps.sh` (as root). A test that needs a missing
@@ -27,6 +28,7 @@ pub mod process;
 pub mod proxy;
 pub mod pymodbus;
 pub mod sparkplug;
+pub mod tahu;
 pub mod tansu;
 
 pub use external::{External, require};

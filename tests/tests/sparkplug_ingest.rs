@@ -10,14 +10,25 @@
 //!   before it was resolved with the old ones,
 //! - a malformed payload, an oversize payload and a wrong namespace are counted, the daemon
 //!   stays up.
+//!
+//! And the gateway as a Sparkplug host (`host_state_reorder_window_and_stale_records`), with
+//! Eclipse Tahu's JavaScript codec (`tests/js/tahu_host.js`) as the third-party edge node and
+//! observer:
+//!
+//! - `host_id`: the retained QoS 1 STATE birth, republished when overwritten offline, the
+//!   emulated will after kill -9, offline on a graceful stop;
+//! - `reorder_timeout_ms`: a message late within the window is counted and asks for nothing; a
+//!   gap still open when the window ends asks for a rebirth, not before;
+//! - `sparkplug_metrics`: DDEATH and NDEATH become one stale record per metric of the births.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use ironbridge_e2e::gateway::{Gateway, GatewayOptions, Progress, Route, num, prepare, within};
 use ironbridge_e2e::kafka::Record;
+use ironbridge_e2e::tahu::TahuHost;
 use ironbridge_e2e::{External, KafkaTool, Storage, Tansu, require};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -230,5 +241,310 @@ async fn ingest() -> Result<()> {
         .context("the malformed payload with its error")?;
     ensure!(bad["payload_base64"] == "////AQ==", "{bad}");
     p.note("kafka records checked");
+    Ok(())
+}
+
+const HOST_NEEDS: &[External] = &[
+    External::Tansu,
+    External::PythonVenv,
+    External::Node,
+    External::TahuJs,
+];
+const HOST_ID: &str = "ironbridge-host";
+const STATE_TOPIC: &str = "spBv1.0/STATE/ironbridge-host";
+const REORDER_MS: u64 = 1500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_state_reorder_window_and_stale_records() -> Result<()> {
+    if !require(HOST_NEEDS)? {
+        return Ok(());
+    }
+    prepare().await?;
+    within(Duration::from_secs(150), "sparkplug host test", as_host()).await
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A Tahu metric (`type` is Tahu's datatype name).
+fn m(name: &str, alias: u64, ty: &str, value: Value) -> Value {
+    json!({"name": name, "alias": alias, "type": ty, "value": value, "timestamp": now_ms()})
+}
+
+/// A node metric, by name only.
+fn named(name: &str, ty: &str, value: Value) -> Value {
+    json!({"name": name, "type": ty, "value": value, "timestamp": now_ms()})
+}
+
+/// A data metric by alias only.
+fn by_alias(alias: u64, ty: &str, value: Value) -> Value {
+    json!({"alias": alias, "type": ty, "value": value, "timestamp": now_ms()})
+}
+
+fn payload(seq: Option<u64>, metrics: Vec<Value>) -> Value {
+    let mut p = json!({"timestamp": now_ms(), "metrics": metrics});
+    if let Some(s) = seq {
+        p["seq"] = json!(s);
+    }
+    p
+}
+
+fn our_state(v: &Value) -> bool {
+    v["kind"] == "state" && v["topic"] == STATE_TOPIC
+}
+
+async fn as_host() -> Result<()> {
+    let p = Progress::new("sparkplug-host");
+    let dir = tempfile::tempdir()?;
+    let tansu = Tansu::start(Storage::sqlite_in(dir.path())).await?;
+    let kafka = KafkaTool::new(tansu.bootstrap());
+    kafka.create_topic("sp-stale", 1).await?;
+    kafka.create_topic("sp-state", 1).await?;
+    let mut gw = Gateway::start(
+        GatewayOptions {
+            id: "e2e-sparkplug-host".into(),
+            kafka: Some(tansu.bootstrap()),
+            routes: vec![
+                Route::new("spBv1.0/plant/+/thirdparty/#", "sp-stale").value("sparkplug_metrics"),
+                Route::new("spBv1.0/STATE/#", "sp-state"),
+            ],
+            extra_toml: format!(
+                "[sparkplug.ingest]\nrebirth_min_interval_ms = 0\nreorder_timeout_ms = {REORDER_MS}\n\
+                 host_id = \"{HOST_ID}\"\n"
+            ),
+            ..Default::default()
+        }
+        .kafka_setting("unmatched", "\"drop\""),
+    )
+    .await?;
+    gw.wait_status("ingest subscribed", Duration::from_secs(10), |s| {
+        s.pointer("/sparkplug_ingest/subscribed") == Some(&Value::Bool(true))
+    })
+    .await?;
+    let mut host = TahuHost::start(gw.mqtt_port(), &["spBv1.0/#"], "tahu-thirdparty").await?;
+
+    // STATE birth: retained, QoS 1, JSON online/timestamp [tck-id-host-topic-phid-birth-qos,
+    // tck-id-host-topic-phid-birth-retain, tck-id-host-topic-phid-birth-payload].
+    let birth = host
+        .next("retained STATE", Duration::from_secs(10), our_state)
+        .await?;
+    ensure!(birth["qos"] == 1 && birth["retain"] == true, "{birth}");
+    ensure!(birth["state"]["online"] == true, "{birth}");
+    let t1 = birth["state"]["timestamp"]
+        .as_u64()
+        .context("STATE timestamp")?;
+    ensure!(t1 > 1_600_000_000_000, "{birth}");
+    // Overwritten offline by someone else: the same birth again
+    // [tck-id-message-flow-hid-sparkplug-state-message-delivered].
+    host.send(
+        json!({"cmd": "raw", "topic": STATE_TOPIC, "qos": 1, "retain": true,
+        "text": format!(r#"{{"online":false,"timestamp":{}}}"#, t1 + 1)}),
+    )
+    .await?;
+    let again = host
+        .next("STATE online again", Duration::from_secs(10), |v| {
+            our_state(v) && v["state"]["online"] == true
+        })
+        .await?;
+    ensure!(again["state"]["timestamp"] == t1, "{again}");
+    p.note("STATE birth and republish");
+
+    // A third-party node, encoded by Tahu.
+    let node = "spBv1.0/plant/NBIRTH/thirdparty";
+    host.publish(
+        node,
+        payload(
+            Some(0),
+            vec![
+                named("bdSeq", "Int64", json!(5)),
+                named("Node Control/Rebirth", "Boolean", json!(false)),
+            ],
+        ),
+    )
+    .await?;
+    let dev1 = "spBv1.0/plant/DBIRTH/thirdparty/dev1";
+    host.publish(
+        dev1,
+        payload(
+            Some(1),
+            vec![
+                m("temp", 1, "Float", json!(20.5)),
+                m("count", 2, "Int32", json!(7)),
+            ],
+        ),
+    )
+    .await?;
+    host.publish(
+        "spBv1.0/plant/DBIRTH/thirdparty/dev2",
+        payload(Some(2), vec![m("x", 3, "Int16", json!(1))]),
+    )
+    .await?;
+    let data = "spBv1.0/plant/DDATA/thirdparty/dev1";
+    for seq in [3, 5, 4] {
+        host.publish(
+            data,
+            payload(Some(seq), vec![by_alias(1, "Float", json!(21.0))]),
+        )
+        .await?;
+    }
+    // 4 after 5: late, within the window: counted, no gap, no rebirth
+    // [tck-id-operational-behavior-host-reordering-success].
+    let s = gw
+        .wait_status("the late message counted", Duration::from_secs(10), |s| {
+            num(s, "/sparkplug_ingest/out_of_order") == Some(1)
+                && num(s, "/sparkplug_ingest/data") == Some(3)
+        })
+        .await?;
+    ensure!(
+        num(&s, "/sparkplug_ingest/seq_gaps") == Some(0)
+            && num(&s, "/sparkplug_ingest/rebirth_requests") == Some(0),
+        "{}",
+        s["sparkplug_ingest"]
+    );
+    p.note("out-of-order message absorbed by the window");
+
+    // 8 (6 and 7 missing), then 6: 7 stays missing → NCMD rebirth once the window has passed
+    // [tck-id-operational-behavior-host-reordering-start, -rebirth].
+    host.publish(
+        data,
+        payload(Some(8), vec![by_alias(1, "Float", json!(22.0))]),
+    )
+    .await?;
+    let sent = tokio::time::Instant::now();
+    host.publish(
+        data,
+        payload(Some(6), vec![by_alias(1, "Float", json!(21.5))]),
+    )
+    .await?;
+    let ncmd = host
+        .next("NCMD rebirth", Duration::from_secs(10), |v| {
+            v["type"] == "NCMD" && v["node"] == "thirdparty"
+        })
+        .await?;
+    let waited = sent.elapsed();
+    ensure!(
+        waited >= Duration::from_millis(REORDER_MS),
+        "rebirth after {waited:?}, before the reorder window of {REORDER_MS} ms ended"
+    );
+    let rebirth = ncmd["metrics"][0].clone();
+    ensure!(
+        rebirth["name"] == "Node Control/Rebirth" && rebirth["value"] == true,
+        "{ncmd}"
+    );
+    ensure!(ncmd["qos"] == 0 && ncmd["retain"] == false, "{ncmd}");
+    let s = gw.status().await?;
+    ensure!(
+        num(&s, "/sparkplug_ingest/seq_gaps") == Some(1)
+            && num(&s, "/sparkplug_ingest/out_of_order") == Some(2)
+            && num(&s, "/sparkplug_ingest/rebirth_requests") == Some(1),
+        "{}",
+        s["sparkplug_ingest"]
+    );
+    p.note(format!("rebirth requested {waited:?} after the gap"));
+
+    // Deaths → stale records per metric of the births.
+    let ddeath_ts = now_ms();
+    host.publish(
+        "spBv1.0/plant/DDEATH/thirdparty/dev2",
+        json!({"timestamp": ddeath_ts, "seq": 9}),
+    )
+    .await?;
+    host.publish(
+        "spBv1.0/plant/NDEATH/thirdparty",
+        payload(None, vec![named("bdSeq", "Int64", json!(5))]),
+    )
+    .await?;
+    gw.wait_status("deaths seen", Duration::from_secs(10), |s| {
+        num(s, "/sparkplug_ingest/deaths") == Some(2)
+    })
+    .await?;
+    gw.wait_forwarded(Duration::from_secs(30)).await?;
+    let recs = kafka.consume("sp-stale", None).await?;
+    let vals: Vec<Value> = recs.iter().map(json).collect::<Result<_>>()?;
+    let of = |t: &str| -> Vec<(Value, Value, Value)> {
+        vals.iter()
+            .filter(|v| v["message_type"] == t)
+            .map(|v| {
+                (
+                    v["device_id"].clone(),
+                    v["name"].clone(),
+                    v["quality"].clone(),
+                )
+            })
+            .collect()
+    };
+    let stale = json!("stale");
+    ensure!(
+        of("DDEATH") == [(json!("dev2"), json!("x"), stale.clone())],
+        "{vals:#?}"
+    );
+    let ddeath = vals
+        .iter()
+        .find(|v| v["message_type"] == "DDEATH")
+        .context("DDEATH record")?;
+    ensure!(
+        ddeath["timestamp"] == ddeath_ts && ddeath["datatype"] == "Int16",
+        "{ddeath}"
+    );
+    ensure!(
+        of("NDEATH")
+            == [
+                (Value::Null, json!("bdSeq"), stale.clone()),
+                (Value::Null, json!("Node Control/Rebirth"), stale.clone()),
+                (json!("dev1"), json!("temp"), stale.clone()),
+                (json!("dev1"), json!("count"), stale.clone()),
+            ],
+        "{vals:#?}"
+    );
+    p.note("stale records per metric in Kafka");
+
+    // kill -9: the broker dies with the daemon. At the next start the will (offline, the old
+    // timestamp) goes out first, then a new birth with a later timestamp.
+    gw.kill().await?;
+    drop(host);
+    gw.restart().await?;
+    let mut host = TahuHost::start(gw.mqtt_port(), &[STATE_TOPIC], "tahu-after-restart").await?;
+    let birth2 = host
+        .next(
+            "retained STATE after restart",
+            Duration::from_secs(10),
+            |v| our_state(v) && v["state"]["online"] == true,
+        )
+        .await?;
+    let t2 = birth2["state"]["timestamp"]
+        .as_u64()
+        .context("STATE timestamp")?;
+    ensure!(t2 > t1, "{birth2}");
+    gw.wait_forwarded(Duration::from_secs(30)).await?;
+    let states: Vec<Value> = kafka
+        .consume("sp-state", None)
+        .await?
+        .iter()
+        .map(json)
+        .collect::<Result<_>>()?;
+    let ours: Vec<&Value> = states.iter().filter(|v| v["timestamp"] != t1 + 1).collect();
+    ensure!(
+        ours == [
+            &json!({"online": true, "timestamp": t1}),
+            &json!({"online": true, "timestamp": t1}),
+            &json!({"online": false, "timestamp": t1}),
+            &json!({"online": true, "timestamp": t2}),
+        ],
+        "STATE records: {states:?}"
+    );
+    p.note("emulated will after kill -9");
+
+    // Graceful stop: offline, QoS 1, now [tck-id-host-topic-phid-death-payload-disconnect-clean].
+    gw.stop().await?;
+    let death = host
+        .next("STATE offline", Duration::from_secs(10), |v| {
+            our_state(v) && v["state"]["online"] == false
+        })
+        .await?;
+    ensure!(death["qos"] == 1, "{death}");
+    ensure!(death["state"]["timestamp"].as_u64() >= Some(t2), "{death}");
     Ok(())
 }

@@ -357,6 +357,8 @@ struct HostSession {
     tree: Option<Tree>,
     /// The birth's (and will's) timestamp.
     timestamp: u64,
+    /// Timestamp of the will of the previous session we published at start.
+    will: Option<u64>,
 }
 
 impl HostSession {
@@ -457,6 +459,7 @@ impl Ingest {
                 host_id: id.clone(),
                 tree: state.map(|s| s.tree(HOST_TREE)).transpose()?,
                 timestamp: 0,
+                will: None,
             }),
         };
         let limits = Limits {
@@ -502,10 +505,13 @@ impl Ingest {
     /// Host application (`host_id`): the will of a previous session that did not end cleanly —
     /// `online: false` with that session's timestamp, as the broker would have delivered it —
     /// to publish before subscribing.
-    pub fn host_will(&self) -> Option<Event> {
-        let h = self.host.as_ref()?;
+    pub fn host_will(&mut self) -> Option<Event> {
+        let h = self.host.as_mut()?;
         match StateStore::get_json::<StoredHostSession>(h.tree.as_ref()?, &h.host_id) {
-            Ok(Some(s)) if s.open => Some(state_event(&h.host_id, false, s.timestamp)),
+            Ok(Some(s)) if s.open => {
+                h.will = Some(s.timestamp);
+                Some(state_event(&h.host_id, false, s.timestamp))
+            }
             Ok(_) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "sparkplug host: previous session unreadable; no will sent");
@@ -531,15 +537,18 @@ impl Ingest {
 
     /// Host application: a STATE `online: false` on our own host id overwrote our birth →
     /// the birth again, same timestamp [tck-id-message-flow-hid-sparkplug-state-message-delivered].
+    /// Our own will of the previous session, published before we subscribed and delivered back
+    /// from the retained store, was replaced by our birth already: nothing to answer.
     pub fn host_state_seen(&self, topic: &str, payload: &[u8]) -> Option<Event> {
         let h = self.host.as_ref()?;
         if topic != state_topic(&h.host_id) || h.timestamp == 0 {
             return None;
         }
-        let online = serde_json::from_slice::<serde_json::Value>(payload)
-            .ok()
-            .and_then(|v| v.get("online").and_then(serde_json::Value::as_bool));
-        (online == Some(false)).then(|| state_event(&h.host_id, true, h.timestamp))
+        let state = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+        let online = state.get("online").and_then(serde_json::Value::as_bool);
+        let timestamp = state.get("timestamp").and_then(serde_json::Value::as_u64);
+        (online == Some(false) && (h.will.is_none() || timestamp != h.will))
+            .then(|| state_event(&h.host_id, true, h.timestamp))
     }
 
     /// Host application, graceful stop: `online: false` now, the session closed
@@ -1319,13 +1328,23 @@ mod tests {
         // a birth with a later one.
         drop(i);
         let mut i = host(&store);
-        let (_, qos, retain, will) = state(&i.host_will().expect("will"));
+        let will_event = i.host_will().expect("will");
+        let (_, qos, retain, will) = state(&will_event);
         assert_eq!((qos, retain), (1, true));
         assert_eq!(will, serde_json::json!({"online": false, "timestamp": t1}));
         let t2 = state(&i.host_birth().expect("birth")).3["timestamp"]
             .as_u64()
             .expect("timestamp");
         assert!(t2 > t1);
+        // Our own will, delivered back from the retained store, replaced by the birth already.
+        assert!(
+            i.host_state_seen(&will_event.topic, &will_event.payload)
+                .is_none()
+        );
+        assert!(
+            i.host_state_seen("spBv1.0/STATE/scada1", offline.as_bytes())
+                .is_some()
+        );
         // A graceful stop: offline now, and no will at the next start.
         let (_, _, _, death) = state(&i.host_death().expect("death"));
         assert_eq!(death["online"], false);
