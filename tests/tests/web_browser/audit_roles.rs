@@ -25,7 +25,7 @@ const BYPASSES: &[&str] = &[
     "/\\/evil.example",
     "https://evil.example/",
     "javascript:alert(document.domain)",
-    "/%0a/evil.example",
+    "/\n/evil.example",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
