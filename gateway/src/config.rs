@@ -232,6 +232,10 @@ pub struct AuditConfig {
     pub max_bytes: ByteSize,
     /// Files the trail rotates through (at least 2).
     pub files: usize,
+    /// Also forward every record, as JSON, into the buffer under this MQTT topic, so that
+    /// `[[kafka.routes]]` take it to Kafka like any reading (empty: off). Such records are
+    /// not delivered to MQTT subscribers.
+    pub forward_topic: String,
 }
 
 impl Default for AuditConfig {
@@ -239,6 +243,7 @@ impl Default for AuditConfig {
         AuditConfig {
             max_bytes: ByteSize(16 << 20),
             files: 4,
+            forward_topic: String::new(),
         }
     }
 }
@@ -457,6 +462,11 @@ impl Config {
                 "audit.max_bytes".into(),
                 "audit.max_bytes must be at least 64 KiB and audit.files at least 2".into(),
             ));
+        }
+        if !self.audit.forward_topic.is_empty()
+            && let Err(e) = ironbridge_broker::topic::valid_topic_name(&self.audit.forward_topic)
+        {
+            issues.push(("audit.forward_topic".into(), e.to_string()));
         }
         if w.max_connections == 0 || w.max_connections_per_address == 0 {
             issues.push((

@@ -77,7 +77,32 @@ pub struct Saved {
     pub restart_required: bool,
     pub changed: Vec<String>,
     pub message: String,
+    /// What changed, field by field, secrets redacted: for the audit trail, not the answer.
+    #[serde(skip)]
+    pub diff: Diff,
 }
+
+/// Changed fields between two configurations (see [`redacted_diff`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Diff {
+    pub changes: Vec<FieldChange>,
+    /// More fields changed than [`MAX_DIFF_FIELDS`]; only the first are listed.
+    pub truncated: bool,
+}
+
+/// One changed value; `old`/`new` are `null` where the field did not exist.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FieldChange {
+    /// Dotted path: `kafka.sasl.password`, `modbus.devices[2].host`.
+    pub field: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// Fields a diff lists at most (an audit record stays small whatever the edit).
+pub const MAX_DIFF_FIELDS: usize = 64;
+/// A value longer than this (as JSON) is cut in a diff.
+const MAX_DIFF_VALUE: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -225,6 +250,7 @@ impl ConfigStore {
                 source,
             })?;
         let changed = changed_sections(&old, &parsed);
+        let diff = redacted_diff(&old, &parsed);
         self.tx.send_replace(Arc::new(parsed));
         let pending = self.restart_required();
         let needs_restart: Vec<&String> = changed.iter().filter(|s| pending.contains(s)).collect();
@@ -250,8 +276,114 @@ impl ConfigStore {
             restart_required: !applied,
             changed,
             message,
+            diff,
         })
     }
+}
+
+/// The fields that differ between `old` and `new`, in file order, with every secret (see
+/// [`redact`]) shown as [`REDACTED`] on both sides: the record says that a password changed,
+/// never what it is. Arrays are compared element by element.
+pub fn redacted_diff(old: &Config, new: &Config) -> Diff {
+    fn cut(v: &Value) -> Value {
+        let text = v.to_string();
+        if text.len() <= MAX_DIFF_VALUE {
+            return v.clone();
+        }
+        let mut end = MAX_DIFF_VALUE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Value::String(format!("{}… ({} bytes)", &text[..end], text.len()))
+    }
+    fn walk(path: &mut Vec<String>, field: String, a: &Value, b: &Value, out: &mut Diff) {
+        if a == b {
+            return;
+        }
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().collect();
+                keys.extend(y.keys().filter(|k| !x.contains_key(*k)));
+                for k in keys {
+                    path.push(k.clone());
+                    let f = if field.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{field}.{k}")
+                    };
+                    let none = Value::Null;
+                    walk(
+                        path,
+                        f,
+                        x.get(k).unwrap_or(&none),
+                        y.get(k).unwrap_or(&none),
+                        out,
+                    );
+                    path.pop();
+                }
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                let none = Value::Null;
+                for i in 0..x.len().max(y.len()) {
+                    let f = format!("{field}[{i}]");
+                    walk(
+                        path,
+                        f,
+                        x.get(i).unwrap_or(&none),
+                        y.get(i).unwrap_or(&none),
+                        out,
+                    );
+                }
+            }
+            _ => {
+                if out.changes.len() >= MAX_DIFF_FIELDS {
+                    out.truncated = true;
+                    return;
+                }
+                let p: Vec<&str> = path.iter().map(String::as_str).collect();
+                let secret = is_secret(&p);
+                let shown = |v: &Value| {
+                    let mut v = v.clone();
+                    if secret && !v.is_null() {
+                        v = Value::String(REDACTED.into());
+                    } else {
+                        redact_nested(&mut v, &p);
+                    }
+                    cut(&v)
+                };
+                out.changes.push(FieldChange {
+                    field,
+                    old: shown(a),
+                    new: shown(b),
+                });
+            }
+        }
+    }
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return Diff::default();
+    };
+    let mut out = Diff::default();
+    walk(&mut Vec::new(), String::new(), &a, &b, &mut out);
+    out
+}
+
+/// Redacts the secrets inside `v`, a value found at `at` (an added table, e.g. a new device
+/// or `[kafka.sasl]`, carries its secrets inside).
+fn redact_nested(v: &mut Value, at: &[&str]) {
+    let mut wrapped = v.take();
+    for k in at.iter().rev() {
+        let mut m = serde_json::Map::new();
+        m.insert((*k).to_string(), wrapped);
+        wrapped = Value::Object(m);
+    }
+    redact(&mut wrapped);
+    for k in at {
+        wrapped = match wrapped {
+            Value::Object(mut m) => m.remove(*k).unwrap_or(Value::Null),
+            other => other,
+        };
+    }
+    *v = wrapped;
 }
 
 fn invalid(source_name: String, issues: Vec<(String, String)>) -> StoreError {
@@ -467,6 +599,14 @@ scale = 0.1
         kafka["compression"] = "gzip".into();
         let saved = store.put_section("kafka", kafka.clone()).await.expect("ok");
         assert!(saved.applied && !saved.restart_required, "{saved:?}");
+        assert_eq!(
+            saved.diff.changes,
+            [FieldChange {
+                field: "kafka.compression".into(),
+                old: "zstd".into(),
+                new: "gzip".into()
+            }]
+        );
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("# operator comment kept"), "{text}");
         assert!(text.contains("# trailing comment"), "{text}");
@@ -505,5 +645,56 @@ scale = 0.1
         let saved = store.put_section("buffer", buffer).await.expect("ok");
         assert!(saved.restart_required);
         assert_eq!(store.restart_required(), vec!["buffer".to_string()]);
+    }
+
+    #[test]
+    fn diffs_name_fields_and_never_show_secrets() {
+        let old = Config::parse(FULL, "old.toml").expect("old");
+        let mut new = old.clone();
+        if let Some(s) = new.kafka.sasl.as_mut() {
+            s.password = "n3w secret".into();
+        }
+        new.mqtt
+            .users
+            .insert("plc9".into(), "$argon2id$v=19$secret-hash".into());
+        new.gateway.id = "gw-2".into();
+        let d = redacted_diff(&old, &new);
+        let text = serde_json::to_string(&d).expect("json");
+        assert!(
+            !text.contains("n3w secret") && !text.contains("p4ss"),
+            "{text}"
+        );
+        assert!(!text.contains("secret-hash"), "{text}");
+        let field = |f: &str| d.changes.iter().find(|c| c.field == f).cloned();
+        assert_eq!(
+            field("gateway.id").map(|c| (c.old, c.new)),
+            Some(("gw-1".into(), "gw-2".into()))
+        );
+        let pw = field("kafka.sasl.password").expect("password listed as changed");
+        assert_eq!(
+            (pw.old.as_str(), pw.new.as_str()),
+            (Some(REDACTED), Some(REDACTED))
+        );
+        let user = field("mqtt.users.plc9").expect("new user listed");
+        assert_eq!(
+            (user.old, user.new),
+            (Value::Null, Value::String(REDACTED.into()))
+        );
+        // A whole table added carries its secrets redacted too.
+        let mut bare = old.clone();
+        bare.kafka.sasl = None;
+        let d = redacted_diff(&bare, &old);
+        let text = serde_json::to_string(&d).expect("json");
+        assert!(
+            text.contains("kafka.sasl") && !text.contains("p4ss"),
+            "{text}"
+        );
+        // Bounded whatever the edit.
+        let mut many = old.clone();
+        for i in 0..200 {
+            many.mqtt.users.insert(format!("u{i}"), "h".into());
+        }
+        let d = redacted_diff(&old, &many);
+        assert!(d.truncated && d.changes.len() == MAX_DIFF_FIELDS);
     }
 }

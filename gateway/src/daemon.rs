@@ -337,13 +337,6 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
     let web_audit_cfg = config.audit.clone();
     let state_dir_root = config.gateway.state_dir.clone();
     let store = ConfigStore::new(config, opts.config_path.clone());
-    let auth = Arc::new(
-        web::auth::Auth::open(&state, store.clone(), broker.login_throttle())
-            .context("web users")?,
-    );
-    let hub = modbus::ModbusHub::new(status.modbus_health());
-    let (restart_tx, mut restart_rx) = watch::channel(false);
-    let web_stats = Arc::new(web::listener::WebStats::default());
     let audit = {
         let (dir, c) = (state_dir_root.join("audit"), web_audit_cfg.clone());
         Arc::new(
@@ -355,12 +348,34 @@ pub async fn run(config: Config, opts: RunOptions) -> anyhow::Result<Exit> {
             .context("opening the audit trail")?,
         )
     };
+    // Before the first record, so that the forwarding starts with daemon_start.
+    if !web_audit_cfg.forward_topic.is_empty()
+        && let Some(rx) = audit.forward_records(crate::audit::forward::QUEUE)
+    {
+        tokio::spawn(crate::audit::forward::run(
+            rx,
+            broker.clone(),
+            web_audit_cfg.forward_topic.clone(),
+        ));
+    }
     audit
         .record(
             crate::audit::Event::new(crate::audit::Source::Daemon, "-", "daemon_start")
                 .detail(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })),
         )
         .await;
+    let auth = Arc::new(
+        web::auth::Auth::open(
+            &state,
+            store.clone(),
+            broker.login_throttle(),
+            audit.clone(),
+        )
+        .context("web users")?,
+    );
+    let hub = modbus::ModbusHub::new(status.modbus_health());
+    let (restart_tx, mut restart_rx) = watch::channel(false);
+    let web_stats = Arc::new(web::listener::WebStats::default());
     let ctx = Arc::new(WebContext {
         status: status.clone(),
         hub: hub.clone(),

@@ -3,6 +3,7 @@ Google's protobuf runtime (sparkplug_pb.py, generated from the gateway's .proto 
 payloads. Nothing here shares code with the gateway.
 
 Usage: sparkplug_host.py --port PORT [--subscribe FILTER ...] [--client-id ID]
+                          [--username U --password P]
 
 Prints one JSON object per line on stdout:
   {"event": "ready"}                         once connected and subscribed
@@ -18,6 +19,7 @@ Prints one JSON object per line on stdout:
 
 Reads commands as JSON lines on stdin:
   {"id", "cmd": "ncmd_rebirth", "group", "node"}
+  {"id", "cmd": "ncmd", "group", "node", "uuid"?, "metrics": [...]}   (metrics as for dcmd)
   {"id", "cmd": "dcmd", "group", "node", "device", "uuid"?, "metrics": [{"name"|"alias",
    "datatype": "UInt16", "value": ...}]}     (datatype may be null: left out of the metric)
   {"id", "cmd": "state", "host_id", "online": bool, "timestamp"?}   retained, QoS 1
@@ -190,6 +192,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--client-id", default="sparkplug-test-host")
     ap.add_argument("--subscribe", action="append", default=None)
+    ap.add_argument("--username")
+    ap.add_argument("--password")
     args = ap.parse_args()
     filters = args.subscribe or ["spBv1.0/#"]
 
@@ -221,6 +225,8 @@ def main() -> None:
         rec["retain"] = bool(msg.retain)
         emit(rec)
 
+    if args.username is not None:
+        client.username_pw_set(args.username, args.password)
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
@@ -245,6 +251,9 @@ def main() -> None:
                 # NCMD and DCMD are QoS 0, not retained (tck-id-topics-ncmd-mqtt,
                 # tck-id-topics-dcmd-mqtt).
                 info = client.publish(topic, payload, qos=0)
+            elif cmd == "ncmd":
+                topic = f"spBv1.0/{c['group']}/NCMD/{c['node']}"
+                info = client.publish(topic, command_payload(c["metrics"], c.get("uuid")), qos=0)
             elif cmd == "dcmd":
                 topic = f"spBv1.0/{c['group']}/DCMD/{c['node']}/{c['device']}"
                 info = client.publish(topic, command_payload(c["metrics"], c.get("uuid")), qos=0)

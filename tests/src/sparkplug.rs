@@ -31,9 +31,21 @@ pub struct Host {
 
 impl Host {
     pub async fn start(port: u16, filters: &[&str]) -> Result<Host> {
+        Host::spawn(port, filters, None).await
+    }
+
+    /// Like [`Host::start`], logged in as `user`.
+    pub async fn start_as(port: u16, filters: &[&str], user: &str, password: &str) -> Result<Host> {
+        Host::spawn(port, filters, Some((user, password))).await
+    }
+
+    async fn spawn(port: u16, filters: &[&str], login: Option<(&str, &str)>) -> Result<Host> {
         let mut cmd = Command::new(External::PythonVenv.path());
         cmd.arg(py_dir().join("sparkplug_host.py"))
             .args(["--port", &port.to_string()]);
+        if let Some((user, password)) = login {
+            cmd.args(["--username", user, "--password", password]);
+        }
         for f in filters {
             cmd.args(["--subscribe", f]);
         }

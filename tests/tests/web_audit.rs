@@ -2,10 +2,20 @@
 //! may write to devices but not change configuration, users or tokens; every login, change and
 //! device write is in the audit trail with who, from where and what came of it; the trail
 //! survives `kill -9` (each record is synced before the request is answered) and exports as
-//! CSV and JSON lines.
+//! CSV and JSON lines. Item 3's node controls and item 4's details: a Sparkplug command names
+//! the MQTT user who sent it, `Node Control/Reboot` is refused unless enabled, configuration
+//! changes carry a redacted field diff, expired sessions are recorded, and the trail is
+//! forwarded to Kafka through the buffer.
+
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use ironbridge_e2e::gateway::{Gateway, GatewayOptions, prepare, session_cookie, text};
+use ironbridge_e2e::gateway::{
+    ADMIN_PASSWORD, ADMIN_USER, Gateway, GatewayOptions, Route, hash_password, prepare,
+    session_cookie, text, within,
+};
+use ironbridge_e2e::sparkplug::Host;
+use ironbridge_e2e::{External, KafkaTool, Storage, Tansu, require};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -194,5 +204,177 @@ async fn operator_role_and_an_audit_trail_that_survives_kill_9() -> Result<()> {
         serde_json::from_str::<Value>(line).with_context(|| format!("jsonl line: {line}"))?;
     }
     ensure!(jsonl.lines().count() == all.len(), "jsonl has every record");
+    Ok(())
+}
+
+/// The MQTT account of the SCADA host that sends the commands.
+const SCADA: (&str, &str) = ("scada7", "scada7 long password");
+
+/// Polls the trail until a record satisfies `pred` (commands are recorded off the request path).
+async fn wait_record(gw: &Gateway, query: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = audit(gw, query).await?;
+        if let Some(r) = records.iter().find(|r| pred(r)) {
+            return Ok(r.clone());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no such record for {query}: {records:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_diffs_session_ends_and_forwarding_to_kafka() -> Result<()> {
+    if !require(&[External::Tansu, External::PythonVenv])? {
+        return Ok(());
+    }
+    prepare().await?;
+    within(Duration::from_secs(150), "audit details", audit_details()).await
+}
+
+async fn audit_details() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let tansu = Tansu::start(Storage::sqlite_in(dir.path())).await?;
+    let kafka = KafkaTool::new(tansu.bootstrap());
+    // The Sparkplug traffic goes to the default topic.
+    for topic in ["audit", "mqtt"] {
+        kafka.create_topic(topic, 1).await?;
+    }
+    let mut opts = GatewayOptions {
+        kafka: Some(tansu.bootstrap()),
+        routes: vec![Route::new("ironbridge/audit", "audit")],
+        users: vec![(SCADA.0.into(), hash_password(SCADA.1).await?)],
+        extra_toml: "[audit]\nforward_topic = \"ironbridge/audit\"\n\n\
+                     [sparkplug]\nenabled = true\ngroup_id = \"plant\"\nedge_node_id = \"gw1\"\n"
+            .into(),
+        ..GatewayOptions::default()
+    };
+    opts.web_settings
+        .insert("session_idle_timeout_s".into(), "2".into());
+    let gw = Gateway::start(opts).await?;
+
+    // A SCADA host, logged in as scada7, also listening where the forwarded records are
+    // appended: they must not reach MQTT subscribers.
+    let mut host = Host::start_as(
+        gw.mqtt_port(),
+        &["spBv1.0/#", "ironbridge/#"],
+        SCADA.0,
+        SCADA.1,
+    )
+    .await?;
+    host.send(json!({"cmd": "ncmd_rebirth", "group": "plant", "node": "gw1"}))
+        .await?;
+    let nbirth = host
+        .next("NBIRTH", Duration::from_secs(20), |v| v["type"] == "NBIRTH")
+        .await?;
+    let offered: Vec<&str> = nbirth["metrics"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(
+        offered.contains(&"Node Control/Rebirth") && !offered.contains(&"Node Control/Reboot"),
+        "NBIRTH offers {offered:?}"
+    );
+    // Reboot is off by default: refused, attributed to the MQTT user, the daemon stays up.
+    host.send(
+        json!({"cmd": "ncmd", "group": "plant", "node": "gw1", "uuid": "reboot-1",
+        "metrics": [{"name": "Node Control/Reboot", "datatype": "Boolean", "value": true}]}),
+    )
+    .await?;
+    let reboot = wait_record(&gw, "action=command", |r| {
+        r["target"] == "Node Control/Reboot"
+    })
+    .await?;
+    ensure!(
+        reboot["actor"] == SCADA.0
+            && reboot["source"] == "mqtt"
+            && reboot["peer"] == "127.0.0.1"
+            && reboot["outcome"] == "denied"
+            && reboot["detail"]["correlation_id"] == "reboot-1"
+            && reboot["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("sparkplug.commands.allow_reboot")),
+        "{reboot}"
+    );
+    let rebirth = wait_record(&gw, "action=command", |r| {
+        r["target"] == "Node Control/Rebirth"
+    })
+    .await?;
+    ensure!(
+        rebirth["actor"] == SCADA.0 && rebirth["outcome"] == "ok",
+        "{rebirth}"
+    );
+    let (code, _) = gw.api_get("/api/status").await?;
+    ensure!(
+        code == 200,
+        "the daemon answers after the refused reboot: {code}"
+    );
+
+    // A configuration change names the fields, old and new.
+    let (code, body) = gw.api_get("/api/config/log").await?;
+    ensure!(code == 200, "GET /api/config/log {code}");
+    let mut log: Value = serde_json::from_str(&body)?;
+    log["level"] = "debug".into();
+    let r = gw
+        .api(Method::PUT, "/api/config/log")?
+        .json(&log)
+        .send()
+        .await?;
+    ensure!(
+        r.status().is_success(),
+        "PUT /api/config/log {}",
+        r.status()
+    );
+    let change = wait_record(&gw, "action=config_change", |r| r["outcome"] == "ok").await?;
+    let diff = &change["detail"]["diff"]["changes"];
+    ensure!(
+        change["detail"]["sections"] == json!(["log"])
+            && *diff == json!([{"field": "log.level", "old": "info", "new": "debug"}]),
+        "{change}"
+    );
+
+    // A web session that idles past web.session_idle_timeout_s (2 s) ends, and says so.
+    let s = login(&gw, ADMIN_USER, ADMIN_PASSWORD).await?;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let code = call(&gw, &s, Method::POST, "/api/logout", json!({})).await?;
+    ensure!(code == 401, "an expired session answered {code}");
+    let ended = wait_record(&gw, "action=session_end", |r| r["actor"] == ADMIN_USER).await?;
+    ensure!(ended["detail"]["reason"] == "expired", "{ended}");
+
+    // Every record so far reached Kafka through the buffer, byte for byte what the trail says.
+    let trail = audit(&gw, "limit=1000").await?;
+    let in_kafka = kafka.consume("audit", Some(trail.len())).await?;
+    let mut forwarded = Vec::new();
+    for rec in &in_kafka {
+        ensure!(
+            rec.header_str("mqtt_client_id") == Some("ironbridge-audit"),
+            "headers of {rec:?}"
+        );
+        let v: Value = serde_json::from_str(rec.value_str().context("value")?)?;
+        forwarded.push(v);
+    }
+    for r in &trail {
+        ensure!(
+            forwarded.iter().any(|f| f == r),
+            "record {r} not in Kafka ({} forwarded)",
+            forwarded.len()
+        );
+    }
+    ensure!(
+        !host
+            .others
+            .iter()
+            .any(|t| t.starts_with("ironbridge/audit")),
+        "an MQTT subscriber saw the forwarded audit records: {:?}",
+        host.others
+    );
+    let (_, metrics) = gw.api_get("/metrics").await?;
+    ensure!(
+        metrics.contains("ironbridge_audit_forward_dropped_total 0"),
+        "no audit forwarding metric"
+    );
     Ok(())
 }

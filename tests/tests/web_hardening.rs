@@ -1,5 +1,6 @@
 //! Issue 19 against the real daemon on loopback: login throttling that a burst cannot race and
-//! an attacker cannot use to keep the admin out (item 2), log lines that outside values cannot
+//! an attacker cannot use to keep the admin out, one policy for web and MQTT logins (item 2),
+//! log lines that outside values cannot
 //! forge, in text and JSON (item 5), and the small ones (item 6): `HEAD` wherever `GET`, a
 //! minimal public `/healthz`, sessions capped per user.
 
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use ironbridge_e2e::gateway::{
-    ADMIN_PASSWORD, ADMIN_USER, Gateway, GatewayOptions, prepare, session_cookie,
+    ADMIN_PASSWORD, ADMIN_USER, Gateway, GatewayOptions, hash_password, prepare, session_cookie,
 };
+use ironbridge_e2e::hostile::{ConnectSpec, Mqtt};
 use serde_json::{Value, json};
 
 /// An HTTPS client trusting the daemon's certificate, sending from `src` (a loopback address).
@@ -48,12 +50,28 @@ async fn login(
     Ok((r.status().as_u16(), session_cookie(r.headers())))
 }
 
+/// An MQTT account for the shared-throttle check.
+const PLC: (&str, &str) = ("plc5", "plc5 long password");
+
+/// CONNACK reason of an MQTT 5 login as [`PLC`] from `src`.
+async fn mqtt_login_from(gw: &Gateway, src: Ipv4Addr) -> Result<u8> {
+    let to = std::net::SocketAddr::from(([127, 0, 0, 1], gw.mqtt_port()));
+    let spec = ConnectSpec::v5(&format!("plc-{src}")).login(PLC.0, PLC.1);
+    let (_conn, ack) = Mqtt::connect(src, to, &spec, Duration::from_secs(10)).await?;
+    Ok(ack.code)
+}
+
 /// Before: 40 concurrent wrong passwords got 38 argon2 checks (401) and 2 refusals (429), and
 /// one wrong login per lock period kept `admin` locked out from everywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn login_bursts_cannot_race_the_throttle_nor_lock_the_admin_out() -> Result<()> {
     prepare().await?;
-    let gw = Gateway::start(GatewayOptions::default()).await?;
+    let gw = Gateway::start(GatewayOptions {
+        allow_anonymous: false,
+        users: vec![(PLC.0.into(), hash_password(PLC.1).await?)],
+        ..GatewayOptions::default()
+    })
+    .await?;
     let attacker = client_from(&gw, Ipv4Addr::new(127, 0, 0, 3))?;
     let mut burst = tokio::task::JoinSet::new();
     for i in 0..40 {
@@ -104,6 +122,18 @@ async fn login_bursts_cannot_race_the_throttle_nor_lock_the_admin_out() -> Resul
     ensure!(
         refused_at == Some(20),
         "address lock after {refused_at:?} failures"
+    );
+    // One policy for both doors: the address the web locked is refused at MQTT CONNECT too,
+    // with the right password (0x8A Banned), while the PLC on another address logs in.
+    let code = mqtt_login_from(&gw, Ipv4Addr::new(127, 0, 0, 5)).await?;
+    ensure!(
+        code == 0x8A,
+        "MQTT login from the locked address: CONNACK {code:#04x}"
+    );
+    let code = mqtt_login_from(&gw, Ipv4Addr::new(127, 0, 0, 6)).await?;
+    ensure!(
+        code == 0,
+        "MQTT login from another address: CONNACK {code:#04x}"
     );
     Ok(())
 }

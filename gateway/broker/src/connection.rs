@@ -29,7 +29,7 @@ use crate::codec::{
     PubResp, Publish, PublishProperties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use crate::hook::{Accepted, Durable};
-use crate::message::Message;
+use crate::message::{Message, Publisher};
 use crate::session::{Inflight, Kick, Queued, Session};
 use crate::stats::{Gauge, MqttStats, UserEvent};
 use crate::topic;
@@ -94,6 +94,8 @@ struct Client {
     client_id: String,
     user: Option<String>,
     peer: SocketAddr,
+    /// Stamped on every message this client publishes (its will too).
+    publisher: Arc<Publisher>,
     will: Option<Message>,
     will_delay_s: u32,
     /// The client's receive maximum (QoS 1/2 messages in flight to it).
@@ -222,6 +224,11 @@ where
         refuse(reason::CLIENT_IDENTIFIER_NOT_VALID).await;
         return end_refused(tx, writer, &mut rd).await;
     }
+    let publisher = Arc::new(Publisher {
+        client_id: client_id.clone(),
+        username: user.clone(),
+        peer,
+    });
     // A will is a publish like any other: checked against the topic rules at CONNECT.
     let will = match &connect.will {
         Some(w) => {
@@ -254,6 +261,7 @@ where
                 .properties
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(s as u64));
+            m.publisher = Some(publisher.clone());
             Some(m)
         }
         None => None,
@@ -339,6 +347,7 @@ where
         client_id,
         user,
         peer,
+        publisher,
         will,
         will_delay_s: connect
             .will
@@ -974,6 +983,7 @@ impl Connection {
             correlation_data: props.correlation_data,
             user_properties: props.user_properties,
             origin: Some(self.session.key),
+            publisher: Some(self.client.publisher.clone()),
         };
         // Routed at its place among the read's packets (before its own ack, and before a
         // later SUBSCRIBE/UNSUBSCRIBE of the same read takes effect [MQTT-3.10.4-2]).

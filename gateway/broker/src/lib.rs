@@ -63,7 +63,7 @@ pub use clients::{ClientInfo, ClientRegistry};
 pub use codec::QoS;
 pub use config::{MqttConfig, PACKET_OVERHEAD, TlsListenerConfig};
 pub use hook::{Accepted, Appending, Durable, NoPersistence, PersistError, Persistence};
-pub use message::{Message, SessionKey};
+pub use message::{Message, Publisher, SessionKey};
 pub use stats::{MqttStats, MqttStatsSnapshot, UserCounters};
 
 use broker::Broker;

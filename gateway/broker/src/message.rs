@@ -1,6 +1,8 @@
 //! An application message as the broker holds it between its durable append and its delivery:
 //! shared (`Arc`) by every subscriber's queue and the retained store, never copied per subscriber.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -25,6 +27,29 @@ pub struct Message {
     pub user_properties: Vec<UserProperty>,
     /// The publishing session (for no-local); `None` for in-process publishes.
     pub origin: Option<SessionKey>,
+    /// Who published it, as authenticated at CONNECT; `None` for in-process publishes.
+    pub publisher: Option<Arc<Publisher>>,
+}
+
+/// A network client as the broker authenticated it: one per connection, shared by its
+/// messages, so that an application acting on a message (a Sparkplug command) can say who sent
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    pub client_id: String,
+    /// The authenticated user name; `None` for an anonymous client.
+    pub username: Option<String>,
+    pub peer: SocketAddr,
+}
+
+impl Publisher {
+    /// The user name, or `client:<client id>` for an anonymous client.
+    pub fn actor(&self) -> String {
+        match &self.username {
+            Some(u) => u.clone(),
+            None => format!("client:{}", self.client_id),
+        }
+    }
 }
 
 /// A session's identity inside the broker: a number, never a client id a network client could
@@ -52,6 +77,7 @@ impl Message {
             correlation_data: None,
             user_properties: Vec::new(),
             origin: None,
+            publisher: None,
         }
     }
 

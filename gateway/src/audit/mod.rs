@@ -6,13 +6,18 @@
 //!   rewrites a record; on open, only a torn last line (a crash in the middle of a write) is cut.
 //! * **Bounded.** When the current file passes `audit.max_bytes / audit.files`, it is renamed to
 //!   `audit.1.jsonl` (older ones shift up, the oldest beyond `audit.files` goes).
+//! * **Forwarded, optionally** (`audit.forward_topic`): each record written is also handed to
+//!   [`forward`], which appends it to the edge-buffer for the Kafka uplink. The hand-over is a
+//!   bounded queue: if the buffer falls behind, records are dropped from the forwarding only
+//!   (counted; they stay in the trail).
 //! * **What goes in:** logins (success, failure, refused by the throttle), logouts, configuration
 //!   changes (who, which sections), users and tokens created/changed/deleted, certificate
 //!   changes, restarts, every device write from the web (who, device, tag, old and new value,
 //!   result), and every Sparkplug/Kafka command result ([`AuditTrail::follow_commands`]).
 //!
-//! Device-write authorization for paths outside the web API is [`authorize_command`]; see its
-//! documentation for the call the Sparkplug edge node makes.
+//! Device writes from outside the web API are authorized where they arrive: the broker's topic
+//! rules decide who may publish a DCMD/NCMD, the edge node's command checks (writable tags,
+//! `sparkplug.commands.allow`, the node-control switches) decide what it may do.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -21,6 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+pub mod forward;
 
 use crate::sparkplug::audit::{CommandAudit, CommandRecord, CommandSource};
 
@@ -209,8 +217,12 @@ pub struct AuditTrail {
     file_bytes: u64,
     files: usize,
     current: Mutex<Current>,
+    /// Where written records go for forwarding, once [`AuditTrail::forward_records`] was called.
+    forward: std::sync::OnceLock<mpsc::Sender<AuditRecord>>,
     pub recorded: AtomicU64,
     pub errors: AtomicU64,
+    /// Records not forwarded because the forwarding queue was full.
+    pub forward_dropped: AtomicU64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -251,8 +263,10 @@ impl AuditTrail {
                 bytes,
                 next_seq: last_seq.map_or(1, |s| s + 1),
             }),
+            forward: std::sync::OnceLock::new(),
             recorded: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            forward_dropped: AtomicU64::new(0),
         })
     }
 
@@ -289,7 +303,47 @@ impl AuditTrail {
         cur.bytes += line.len() as u64;
         cur.next_seq += 1;
         self.recorded.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = self.forward.get()
+            && tx.try_send(rec.clone()).is_err()
+        {
+            self.forward_dropped.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(rec)
+    }
+
+    /// From now on every record written is also sent to the returned receiver (at most
+    /// `capacity` waiting; beyond that they are dropped from forwarding and counted). Once.
+    pub fn forward_records(&self, capacity: usize) -> Option<mpsc::Receiver<AuditRecord>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.forward.set(tx).ok().map(|()| rx)
+    }
+
+    /// The trail's counters in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        for (name, help, v) in [
+            (
+                "ironbridge_audit_records_total",
+                "Audit records written.",
+                &self.recorded,
+            ),
+            (
+                "ironbridge_audit_errors_total",
+                "Audit records that could not be written (or were missed by a lagging reader).",
+                &self.errors,
+            ),
+            (
+                "ironbridge_audit_forward_dropped_total",
+                "Audit records not forwarded to the buffer because the forwarding queue was full.",
+                &self.forward_dropped,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                v.load(Ordering::Relaxed)
+            ));
+        }
+        out
     }
 
     /// Writes `e` durably; a failure is logged and counted (the action itself is not undone).
@@ -390,9 +444,9 @@ fn command_event(r: &CommandRecord) -> Event {
         Some(d) => format!("{d}/{}", r.metric),
         None => r.metric.clone(),
     };
-    Event::new(
+    let mut e = Event::new(
         source,
-        r.correlation_id.clone().unwrap_or_else(|| "-".into()),
+        r.actor.clone().unwrap_or_else(|| "-".into()),
         "command",
     )
     .target(target)
@@ -401,7 +455,10 @@ fn command_event(r: &CommandRecord) -> Event {
         "kind": r.kind,
         "new": r.value,
         "reason": r.reason,
-    }))
+        "correlation_id": r.correlation_id,
+    }));
+    e.peer = r.peer.clone();
+    e
 }
 
 /// Cuts a last line without its newline (a write torn by a crash); returns the file's length
@@ -478,67 +535,6 @@ pub fn to_csv(records: &[AuditRecord]) -> String {
     out
 }
 
-/// Who sent a device command, for [`authorize_command`].
-#[derive(Debug, Clone)]
-pub struct CommandIdentity {
-    pub source: Source,
-    /// MQTT user name (or client id when anonymous), Kafka record key/id, upstream server.
-    pub actor: String,
-}
-
-/// What a command asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind<'a> {
-    /// A DCMD write of `metric` on `device`.
-    Write { device: &'a str, metric: &'a str },
-    /// NCMD `Node Control/Rebirth`.
-    Rebirth,
-    /// NCMD `Node Control/Reboot`.
-    Reboot,
-    /// NCMD `Node Control/Next Server`.
-    NextServer,
-}
-
-/// Which commands the gateway accepts from outside the web API.
-#[derive(Debug, Clone, Default)]
-pub struct CommandPolicy {
-    /// `Node Control/Reboot` (off unless enabled).
-    pub allow_reboot: bool,
-    /// `Node Control/Next Server` (off unless enabled).
-    pub allow_next_server: bool,
-}
-
-/// Decides a Sparkplug or Kafka command: `Err(reason)` to refuse it. Rebirth is always allowed
-/// (it only republishes); Reboot and Next Server only when the policy enables them; writes
-/// are decided by the device/tag allow-list the caller already applies (the tag's `writable`
-/// flag and the command allow-list), so this only adds the node-control switches.
-///
-/// The Sparkplug edge node calls this for every NCMD/DCMD before acting on it, and records the
-/// result through `CommandAudit::record` as today (which reaches this trail through
-/// [`AuditTrail::follow_commands`]).
-pub fn authorize_command(
-    policy: &CommandPolicy,
-    who: &CommandIdentity,
-    what: CommandKind<'_>,
-) -> Result<(), String> {
-    let refuse = |name: &str, key: &str| {
-        Err(format!(
-            "{name} is off on this gateway (enable sparkplug.{key}); refused for {} {:?}",
-            who.source.as_str(),
-            who.actor
-        ))
-    };
-    match what {
-        CommandKind::Reboot if !policy.allow_reboot => {
-            refuse("Node Control/Reboot", "allow_reboot")
-        }
-        CommandKind::NextServer if !policy.allow_next_server => {
-            refuse("Node Control/Next Server", "allow_next_server")
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,22 +604,5 @@ mod tests {
         let csv = to_csv(&[r]);
         assert!(csv.contains("\"'=cmd|' /C calc'!A0\""), "{csv}");
         assert!(csv.contains("\"a\"\"b\""), "{csv}");
-    }
-
-    #[test]
-    fn node_control_is_off_unless_enabled() {
-        let who = CommandIdentity {
-            source: Source::Mqtt,
-            actor: "scada".into(),
-        };
-        let off = CommandPolicy::default();
-        assert!(authorize_command(&off, &who, CommandKind::Reboot).is_err());
-        assert!(authorize_command(&off, &who, CommandKind::NextServer).is_err());
-        assert!(authorize_command(&off, &who, CommandKind::Rebirth).is_ok());
-        let on = CommandPolicy {
-            allow_reboot: true,
-            allow_next_server: true,
-        };
-        assert!(authorize_command(&on, &who, CommandKind::Reboot).is_ok());
     }
 }

@@ -138,6 +138,8 @@ pub struct Message {
     pub topic: String,
     pub payload: Bytes,
     pub retain: bool,
+    /// The network client that published it; `None` for in-process publishes.
+    pub publisher: Option<Arc<ironbridge_broker::Publisher>>,
 }
 
 /// An in-process subscription on the embedded broker (see [`BrokerHandle::subscribe`]).
@@ -152,6 +154,7 @@ impl Subscription {
             topic: m.topic.clone(),
             payload: m.payload.clone(),
             retain: m.retain,
+            publisher: m.publisher.clone(),
         })
     }
 
@@ -206,11 +209,7 @@ impl BrokerHandle {
     /// like a client publish, and once durable delivered to subscribers at the event's QoS.
     /// Returns the buffer offsets.
     pub async fn publish(&self, event: &Event) -> Result<Range<u64>, MqttError> {
-        let mut buf = Vec::new();
-        event.encode(&mut buf)?;
-        let ticket = append(&self.log, &self.stats, &[Record::new(now_ms(), &buf)]).await?;
-        let offsets = ticket.durable().await?;
-        MqttStats::inc(&self.stats.publishes_appended, 1);
+        let offsets = self.append(event).await?;
         let mut m = ironbridge_broker::Message::new(
             event.topic.clone(),
             event.payload.clone(),
@@ -220,6 +219,17 @@ impl BrokerHandle {
         m.content_type = event.content_type.clone();
         m.user_properties = event.user_properties.clone();
         self.inner.deliver(m);
+        Ok(offsets)
+    }
+
+    /// Appends an event from inside the gateway to the buffer (durably), for the uplink only:
+    /// no MQTT subscriber sees it (e.g. the audit trail's forwarded records).
+    pub async fn append(&self, event: &Event) -> Result<Range<u64>, MqttError> {
+        let mut buf = Vec::new();
+        event.encode(&mut buf)?;
+        let ticket = append(&self.log, &self.stats, &[Record::new(now_ms(), &buf)]).await?;
+        let offsets = ticket.durable().await?;
+        MqttStats::inc(&self.stats.publishes_appended, 1);
         Ok(offsets)
     }
 

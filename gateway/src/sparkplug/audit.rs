@@ -66,6 +66,34 @@ impl Outcome {
     }
 }
 
+/// Who asked for a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    pub source: CommandSource,
+    /// The MQTT user name (`client:<client id>` when anonymous), the Kafka record
+    /// (`kafka:<topic>/<partition>@<offset>`), the upstream server; `None` when unknown.
+    pub actor: Option<String>,
+    /// The MQTT client's address.
+    pub peer: Option<String>,
+    /// The payload's `uuid` (Kafka: the command record's `id`), if any.
+    pub correlation_id: Option<String>,
+}
+
+impl Requester {
+    pub fn new(
+        source: CommandSource,
+        actor: Option<String>,
+        correlation_id: Option<String>,
+    ) -> Self {
+        Requester {
+            source,
+            actor,
+            peer: None,
+            correlation_id,
+        }
+    }
+}
+
 /// One command and its result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CommandRecord {
@@ -74,6 +102,10 @@ pub struct CommandRecord {
     /// When the result was recorded (ms since the Unix epoch).
     pub time_ms: u64,
     pub source: CommandSource,
+    /// Who sent it (see [`Requester::actor`]).
+    pub actor: Option<String>,
+    /// The MQTT client's address.
+    pub peer: Option<String>,
     /// The payload's `uuid` (Kafka: the command record's `id`), if any.
     pub correlation_id: Option<String>,
     /// `NCMD` or `DCMD`.
@@ -92,8 +124,7 @@ pub struct CommandRecord {
 /// A command result before [`CommandAudit::record`] numbers and timestamps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandResult {
-    pub source: CommandSource,
-    pub correlation_id: Option<String>,
+    pub from: Requester,
     pub kind: String,
     pub device: Option<String>,
     pub metric: String,
@@ -118,7 +149,8 @@ pub struct AuditCounters {
 pub struct CommandAudit {
     capacity: usize,
     recent: Mutex<VecDeque<CommandRecord>>,
-    pending: Mutex<VecDeque<String>>,
+    /// Kafka commands announced and not yet seen: (correlation id, actor).
+    pending: Mutex<VecDeque<(String, String)>>,
     seq: AtomicU64,
     ok: AtomicU64,
     rejected: AtomicU64,
@@ -165,28 +197,41 @@ impl CommandAudit {
     }
 
     /// Announces that a command with this correlation id is about to be published on the
-    /// local broker on behalf of the Kafka command topic (call before publishing).
-    pub fn expect(&self, correlation_id: &str) {
+    /// local broker on behalf of the Kafka command topic's record `actor` (call before
+    /// publishing).
+    pub fn expect(&self, correlation_id: &str, actor: String) {
         let mut p = lock(&self.pending);
         if p.len() >= PENDING_CAPACITY {
             p.pop_front();
         }
-        p.push_back(correlation_id.to_string());
+        p.push_back((correlation_id.to_string(), actor));
     }
 
-    /// Where a command carrying `correlation_id` came from: [`CommandSource::Kafka`] if it
-    /// was announced with [`CommandAudit::expect`] (and is forgotten now), else MQTT.
-    pub fn claim(&self, correlation_id: Option<&str>) -> CommandSource {
-        let Some(id) = correlation_id else {
-            return CommandSource::Mqtt;
-        };
-        let mut p = lock(&self.pending);
-        match p.iter().position(|x| x == id) {
-            Some(i) => {
-                p.remove(i);
-                CommandSource::Kafka
-            }
-            None => CommandSource::Mqtt,
+    /// Who sent a command carrying `correlation_id`, published by `publisher` (`None`: from
+    /// inside the gateway). A network client is MQTT, named as the broker authenticated it,
+    /// whatever its payload says; an in-process publish announced with
+    /// [`CommandAudit::expect`] is Kafka (and is forgotten now).
+    pub fn claim(
+        &self,
+        correlation_id: Option<&str>,
+        publisher: Option<&ironbridge_broker::Publisher>,
+    ) -> Requester {
+        let correlation = correlation_id.map(String::from);
+        if let Some(p) = publisher {
+            return Requester {
+                source: CommandSource::Mqtt,
+                actor: Some(p.actor()),
+                peer: Some(p.peer.ip().to_string()),
+                correlation_id: correlation,
+            };
+        }
+        let mut pending = lock(&self.pending);
+        let announced = correlation_id
+            .and_then(|id| pending.iter().position(|(x, _)| x == id))
+            .and_then(|i| pending.remove(i));
+        match announced {
+            Some((_, actor)) => Requester::new(CommandSource::Kafka, Some(actor), correlation),
+            None => Requester::new(CommandSource::Mqtt, None, correlation),
         }
     }
 
@@ -195,8 +240,10 @@ impl CommandAudit {
         let rec = CommandRecord {
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             time_ms: now_ms(),
-            source: r.source,
-            correlation_id: r.correlation_id,
+            source: r.from.source,
+            actor: r.from.actor,
+            peer: r.from.peer,
+            correlation_id: r.from.correlation_id,
             kind: r.kind,
             device: r.device,
             metric: r.metric,
@@ -218,14 +265,15 @@ impl CommandAudit {
         .fetch_add(1, Ordering::Relaxed);
         let device = rec.device.as_deref().unwrap_or("");
         let id = rec.correlation_id.as_deref().unwrap_or("");
+        let actor = rec.actor.as_deref().unwrap_or("-");
         let reason = rec.reason.as_deref().unwrap_or("");
         match rec.outcome {
             Outcome::Ok => tracing::info!(
-                source = ?rec.source, kind = %rec.kind, device, metric = %rec.metric,
+                source = ?rec.source, actor, kind = %rec.kind, device, metric = %rec.metric,
                 value = %rec.value, correlation_id = id, "command done"
             ),
             Outcome::Rejected | Outcome::Failed => tracing::warn!(
-                source = ?rec.source, kind = %rec.kind, device, metric = %rec.metric,
+                source = ?rec.source, actor, kind = %rec.kind, device, metric = %rec.metric,
                 value = %rec.value, correlation_id = id, outcome = rec.outcome.as_str(),
                 reason, "command not done"
             ),
@@ -274,8 +322,7 @@ mod tests {
 
     fn result(outcome: Outcome, id: Option<&str>, source: CommandSource) -> CommandResult {
         CommandResult {
-            source,
-            correlation_id: id.map(String::from),
+            from: Requester::new(source, None, id.map(String::from)),
             kind: "DCMD".into(),
             device: Some("press".into()),
             metric: "setpoint".into(),
@@ -323,18 +370,61 @@ mod tests {
     #[test]
     fn expected_ids_are_attributed_to_kafka_once() {
         let audit = CommandAudit::default();
-        audit.expect("k1");
-        assert_eq!(audit.claim(Some("other")), CommandSource::Mqtt);
-        assert_eq!(audit.claim(None), CommandSource::Mqtt);
-        assert_eq!(audit.claim(Some("k1")), CommandSource::Kafka);
-        assert_eq!(audit.claim(Some("k1")), CommandSource::Mqtt, "claimed once");
-        for i in 0..PENDING_CAPACITY + 10 {
-            audit.expect(&format!("id{i}"));
-        }
-        assert_eq!(audit.claim(Some("id0")), CommandSource::Mqtt, "bounded");
+        let source = |r: Requester| r.source;
+        audit.expect("k1", "kafka:cmds/0@7".into());
         assert_eq!(
-            audit.claim(Some(&format!("id{}", PENDING_CAPACITY + 9))),
+            source(audit.claim(Some("other"), None)),
+            CommandSource::Mqtt
+        );
+        assert_eq!(source(audit.claim(None, None)), CommandSource::Mqtt);
+        let k = audit.claim(Some("k1"), None);
+        assert_eq!(k.source, CommandSource::Kafka);
+        assert_eq!(k.actor.as_deref(), Some("kafka:cmds/0@7"));
+        assert_eq!(
+            source(audit.claim(Some("k1"), None)),
+            CommandSource::Mqtt,
+            "claimed once"
+        );
+        for i in 0..PENDING_CAPACITY + 10 {
+            audit.expect(&format!("id{i}"), String::new());
+        }
+        assert_eq!(
+            source(audit.claim(Some("id0"), None)),
+            CommandSource::Mqtt,
+            "bounded"
+        );
+        assert_eq!(
+            source(audit.claim(Some(&format!("id{}", PENDING_CAPACITY + 9)), None)),
             CommandSource::Kafka
         );
+    }
+
+    #[test]
+    fn a_network_client_is_named_as_authenticated_and_cannot_pass_for_kafka() {
+        let audit = CommandAudit::default();
+        audit.expect("k2", "kafka:cmds/0@8".into());
+        let plc = ironbridge_broker::Publisher {
+            client_id: "scada-1".into(),
+            username: Some("operator7".into()),
+            peer: "127.0.0.9:40000".parse().expect("addr"),
+        };
+        // The payload carries a pending Kafka id: still MQTT, still operator7.
+        let r = audit.claim(Some("k2"), Some(&plc));
+        assert_eq!(r.source, CommandSource::Mqtt);
+        assert_eq!(r.actor.as_deref(), Some("operator7"));
+        assert_eq!(r.peer.as_deref(), Some("127.0.0.9"));
+        let anonymous = ironbridge_broker::Publisher {
+            username: None,
+            ..plc
+        };
+        let r = audit.claim(None, Some(&anonymous));
+        assert_eq!(r.actor.as_deref(), Some("client:scada-1"));
+        let rec = audit.record(CommandResult {
+            from: r,
+            ..result(Outcome::Ok, None, CommandSource::Mqtt)
+        });
+        assert_eq!(rec.actor.as_deref(), Some("client:scada-1"));
+        // The Kafka command is still pending for the real in-process publish.
+        assert_eq!(audit.claim(Some("k2"), None).source, CommandSource::Kafka);
     }
 }

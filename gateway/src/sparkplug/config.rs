@@ -155,4 +155,11 @@ pub struct CommandsConfig {
     pub allow: Vec<String>,
     /// Apply the allow-list to DCMDs arriving over MQTT too.
     pub restrict_dcmd: bool,
+    /// Accept NCMD `Node Control/Reboot` (an orderly restart of the daemon) and offer it in the
+    /// NBIRTH. Off by default: a host on the plant network must not be able to restart the
+    /// gateway unless the owner decided so.
+    pub allow_reboot: bool,
+    /// Accept NCMD `Node Control/Next Server` on the upstream session (reconnect, a new
+    /// session) and offer it in that NBIRTH. Off by default.
+    pub allow_next_server: bool,
 }

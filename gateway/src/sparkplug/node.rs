@@ -21,7 +21,7 @@ use ironbridge_adapters::modbus::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-use super::audit::{CommandAudit, CommandResult, CommandSource, Outcome};
+use super::audit::{CommandAudit, CommandResult, CommandSource, Outcome, Requester};
 use super::config::SparkplugConfig;
 use super::payload::{
     DataType, Limits, Metric, MetricValue, Payload, PropertyValue, decode_payload,
@@ -352,8 +352,18 @@ pub struct NodeCore {
     /// Latest gateway values, and what the last NBIRTH/NDATA published.
     gateway: GatewayMetrics,
     node_published: NodePublished,
-    /// Whether this session offers `Node Control/Next Server` (the upstream one does).
-    next_server: bool,
+    /// The node controls besides Rebirth this session offers and accepts.
+    controls: NodeControls,
+}
+
+/// Node controls besides Rebirth (always offered), each off unless configured
+/// (`sparkplug.commands.allow_reboot` / `allow_next_server`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeControls {
+    /// `Node Control/Reboot`: the daemon's orderly restart.
+    pub reboot: bool,
+    /// `Node Control/Next Server`: only meaningful on the upstream session.
+    pub next_server: bool,
 }
 
 impl NodeCore {
@@ -375,7 +385,7 @@ impl NodeCore {
             stats: SessionSnapshot::default(),
             gateway: GatewayMetrics::default(),
             node_published: NodePublished::default(),
-            next_server: false,
+            controls: NodeControls::default(),
         }
     }
 
@@ -384,14 +394,14 @@ impl NodeCore {
         self.gateway = gateway;
     }
 
-    /// Offers `Node Control/Next Server` in the NBIRTH and accepts it in NCMDs.
-    pub fn with_next_server(mut self) -> NodeCore {
-        self.next_server = true;
+    /// Offers these node controls in the NBIRTH and accepts them in NCMDs.
+    pub fn with_controls(mut self, controls: NodeControls) -> NodeCore {
+        self.controls = controls;
         self
     }
 
-    pub fn supports_next_server(&self) -> bool {
-        self.next_server
+    pub fn controls(&self) -> NodeControls {
+        self.controls
     }
 
     /// The shortest poll interval of the node's devices (ms), as `Node Control/Scan Rate`.
@@ -556,7 +566,6 @@ impl NodeCore {
                 )
                 .with_timestamp(now),
             )
-            .with_metric(Metric::new(REBOOT, MetricValue::Boolean(false)).with_timestamp(now))
             .with_metric(
                 // Read-only: the poll intervals are configuration (see plan_command).
                 Metric::new(SCAN_RATE, MetricValue::Int64(self.scan_rate_ms()))
@@ -578,7 +587,12 @@ impl NodeCore {
                 .with_timestamp(now),
             );
         let mut nbirth = nbirth;
-        if self.next_server {
+        // Only the controls this gateway accepts: a host shows no button that would be refused.
+        if self.controls.reboot {
+            nbirth = nbirth
+                .with_metric(Metric::new(REBOOT, MetricValue::Boolean(false)).with_timestamp(now));
+        }
+        if self.controls.next_server {
             nbirth = nbirth.with_metric(
                 Metric::new(NEXT_SERVER, MetricValue::Boolean(false)).with_timestamp(now),
             );
@@ -1046,8 +1060,7 @@ impl SparkplugNodeReport {
 /// A DCMD metric checked against the device model, waiting for its Modbus write.
 #[derive(Debug)]
 pub struct WriteJob {
-    pub source: CommandSource,
-    pub correlation_id: Option<String>,
+    pub from: Requester,
     pub device: String,
     pub tag: String,
     pub value: Value,
@@ -1070,9 +1083,7 @@ pub struct CommandPlan {
 #[derive(Debug, Clone)]
 pub struct CommandOrigin<'a> {
     /// From [`CommandAudit::claim`].
-    pub source: CommandSource,
-    /// The payload's `uuid`.
-    pub correlation_id: Option<String>,
+    pub from: Requester,
     /// `sparkplug.commands.allow`.
     pub allow: &'a [String],
     /// `sparkplug.commands.restrict_dcmd`.
@@ -1090,17 +1101,15 @@ pub fn plan_command(
     origin: &CommandOrigin<'_>,
 ) -> CommandPlan {
     let CommandOrigin {
-        source,
-        correlation_id,
+        from,
         allow,
         restricted,
     } = origin;
-    let (source, restricted) = (*source, *restricted);
+    let (source, restricted) = (from.source, *restricted);
     let mut plan = CommandPlan::default();
     let kind = message_type.as_str().to_string();
     let reject = |metric: &str, value: serde_json::Value, reason: String| CommandResult {
-        source,
-        correlation_id: correlation_id.clone(),
+        from: from.clone(),
         kind: kind.clone(),
         device: device.map(String::from),
         metric: metric.to_string(),
@@ -1133,15 +1142,26 @@ pub fn plan_command(
         match (message_type, device) {
             (MessageType::NCmd, _) => {
                 let name = m.name.as_deref().unwrap_or_default();
+                let controls = core.controls();
                 let flag = match name {
                     REBIRTH => Some(&mut plan.rebirth),
-                    REBOOT => Some(&mut plan.reboot),
-                    NEXT_SERVER if core.supports_next_server() => Some(&mut plan.next_server),
-                    NEXT_SERVER => {
+                    REBOOT if controls.reboot => Some(&mut plan.reboot),
+                    NEXT_SERVER if controls.next_server => Some(&mut plan.next_server),
+                    REBOOT | NEXT_SERVER => {
+                        let (key, scope) = if name == REBOOT {
+                            ("allow_reboot", "")
+                        } else {
+                            (
+                                "allow_next_server",
+                                "; it applies to the upstream server's session only",
+                            )
+                        };
                         plan.rejected.push(reject(
                             &label,
                             json,
-                            format!("{NEXT_SERVER} applies to the upstream server's session only (the embedded broker is the only server here)"),
+                            format!(
+                                "{name} is off on this gateway (sparkplug.commands.{key}){scope}"
+                            ),
                         ));
                         continue;
                     }
@@ -1157,7 +1177,7 @@ pub fn plan_command(
                         plan.rejected.push(reject(
                             &label,
                             json,
-                            format!("unknown node metric (supported: {REBIRTH}, {REBOOT}, {NEXT_SERVER} upstream)"),
+                            format!("unknown node metric (supported: {REBIRTH}, and when enabled {REBOOT}, {NEXT_SERVER})"),
                         ));
                         continue;
                     }
@@ -1225,8 +1245,7 @@ pub fn plan_command(
                 };
                 match command_value(tag.kind, v) {
                     Ok(value) => plan.writes.push(WriteJob {
-                        source,
-                        correlation_id: correlation_id.clone(),
+                        from: from.clone(),
                         device: dev.to_string(),
                         tag: tag.name.clone(),
                         value,
@@ -1271,8 +1290,7 @@ pub async fn run_writes(
             Err(e) => (Outcome::Failed, Some(e.to_string())),
         };
         audit.record(CommandResult {
-            source: j.source,
-            correlation_id: j.correlation_id,
+            from: j.from,
             kind: "DCMD".into(),
             device: Some(j.device),
             metric: j.tag,
@@ -1294,8 +1312,7 @@ pub fn dispatch(plan: CommandPlan, audit: &CommandAudit, writes: &mpsc::Sender<W
             writes.try_send(j)
         {
             audit.record(CommandResult {
-                source: j.source,
-                correlation_id: j.correlation_id,
+                from: j.from,
                 kind: "DCMD".into(),
                 device: Some(j.device),
                 metric: j.tag,
@@ -1308,15 +1325,14 @@ pub fn dispatch(plan: CommandPlan, audit: &CommandAudit, writes: &mpsc::Sender<W
     plan.rebirth
 }
 
-pub fn rebirth_done(audit: &CommandAudit, source: CommandSource, correlation_id: Option<String>) {
-    node_control_done(audit, source, correlation_id, REBIRTH, Ok(()));
+pub fn rebirth_done(audit: &CommandAudit, from: Requester) {
+    node_control_done(audit, from, REBIRTH, Ok(()));
 }
 
 /// Records the result of a node control (`metric` = true) executed by the caller.
 pub fn node_control_done(
     audit: &CommandAudit,
-    source: CommandSource,
-    correlation_id: Option<String>,
+    from: Requester,
     metric: &str,
     result: Result<(), String>,
 ) {
@@ -1325,8 +1341,7 @@ pub fn node_control_done(
         Err(e) => (Outcome::Failed, Some(e)),
     };
     audit.record(CommandResult {
-        source,
-        correlation_id,
+        from,
         kind: "NCMD".into(),
         device: None,
         metric: metric.into(),
@@ -1338,17 +1353,17 @@ pub fn node_control_done(
 
 /// `Node Control/Reboot`: the orderly restart of `POST /api/system/restart` (audited first,
 /// so the result is in the log before the daemon goes down).
-pub fn reboot(ctx: &NodeContext, source: CommandSource, correlation_id: Option<String>) {
+pub fn reboot(ctx: &NodeContext, from: Requester) {
     match &ctx.restart {
         Some(tx) if tx.receiver_count() > 0 => {
-            node_control_done(&ctx.audit, source, correlation_id, REBOOT, Ok(()));
-            tracing::warn!(?source, "restart requested by Sparkplug {REBOOT}");
+            let (source, actor) = (from.source, from.actor.clone());
+            node_control_done(&ctx.audit, from, REBOOT, Ok(()));
+            tracing::warn!(?source, actor, "restart requested by Sparkplug {REBOOT}");
             let _ = tx.send(true);
         }
         _ => node_control_done(
             &ctx.audit,
-            source,
-            correlation_id,
+            from,
             REBOOT,
             Err("no restart path in this process".into()),
         ),
@@ -1562,7 +1577,11 @@ pub async fn run(
     let mut known = ctx.hub.devices();
     let mut node = Embedded {
         ctx: &ctx,
-        core: NodeCore::new(&group, &node_id, model(&known)),
+        core: NodeCore::new(&group, &node_id, model(&known)).with_controls(NodeControls {
+            reboot: ctx.config.commands.allow_reboot,
+            // The embedded broker is the only server here.
+            next_server: false,
+        }),
         client_id: format!("sparkplug:{node_id}"),
     };
     node.core.set_gateway(gateway_metrics(&ctx));
@@ -1670,11 +1689,11 @@ pub async fn run(
                     let Ok(Topic::Node { message_type, device_id, .. }) = Topic::parse(&m.topic) else {
                         continue;
                     };
-                    let id = correlation(&m.payload);
-                    let source = ctx.audit.claim(id.as_deref());
+                    let from = ctx
+                        .audit
+                        .claim(correlation(&m.payload).as_deref(), m.publisher.as_deref());
                     let origin = CommandOrigin {
-                        source,
-                        correlation_id: id.clone(),
+                        from: from.clone(),
                         allow: &ctx.config.commands.allow,
                         restricted: ctx.config.commands.restrict_dcmd,
                     };
@@ -1688,10 +1707,10 @@ pub async fn run(
                     let reboot_asked = plan.reboot;
                     if dispatch(plan, &ctx.audit, &write_tx) {
                         node.rebirth().await?;
-                        rebirth_done(&ctx.audit, source, id.clone());
+                        rebirth_done(&ctx.audit, from.clone());
                     }
                     if reboot_asked {
-                        reboot(&ctx, source, id);
+                        reboot(&ctx, from);
                     }
                 }
             }

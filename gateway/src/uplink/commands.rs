@@ -51,7 +51,9 @@ use super::partitioner::partition_for_key;
 use crate::event::Event;
 use crate::mqtt::BrokerHandle;
 use crate::sparkplug::SparkplugConfig;
-use crate::sparkplug::audit::{CommandAudit, CommandRecord, CommandResult, CommandSource, Outcome};
+use crate::sparkplug::audit::{
+    CommandAudit, CommandRecord, CommandResult, CommandSource, Outcome, Requester,
+};
 use crate::sparkplug::ingest::SharedIngest;
 use crate::sparkplug::payload::{DataType, Metric, MetricValue, Payload};
 use crate::sparkplug::topic::{MessageType, Topic};
@@ -171,6 +173,7 @@ pub struct Context {
 impl Context {
     fn reject(
         &self,
+        actor: &str,
         id: String,
         kind: &str,
         device: Option<String>,
@@ -180,8 +183,7 @@ impl Context {
     ) {
         tracing::warn!(%id, ?device, tag, %reason, "kafka command refused");
         self.audit.record(CommandResult {
-            source: CommandSource::Kafka,
-            correlation_id: Some(id),
+            from: Requester::new(CommandSource::Kafka, Some(actor.to_string()), Some(id)),
             kind: kind.into(),
             device,
             metric: tag.into(),
@@ -191,13 +193,14 @@ impl Context {
         });
     }
 
-    /// Handles one command record (`age` from its Kafka timestamp).
-    pub async fn handle(&self, value: &[u8], default_id: String, age: Duration) {
+    /// Handles one command record (`actor`: where it is, `kafka:<topic>/<partition>@<offset>`;
+    /// `age` from its Kafka timestamp).
+    pub async fn handle(&self, value: &[u8], actor: &str, default_id: String, age: Duration) {
         let cmd = match Command::parse(value, default_id) {
             Ok(c) => c,
             Err((id, reason)) => {
                 let raw = String::from_utf8_lossy(&value[..value.len().min(256)]).into_owned();
-                self.reject(id, "DCMD", None, "", Json::from(raw), reason);
+                self.reject(actor, id, "DCMD", None, "", Json::from(raw), reason);
                 return;
             }
         };
@@ -206,7 +209,15 @@ impl Context {
             Command::Rebirth { id } => {
                 if age > MAX_AGE {
                     let r = format!("expired: {} s old", age.as_secs());
-                    self.reject(id, "NCMD", None, "Node Control/Rebirth", json!(true), r);
+                    self.reject(
+                        actor,
+                        id,
+                        "NCMD",
+                        None,
+                        "Node Control/Rebirth",
+                        json!(true),
+                        r,
+                    );
                     return;
                 }
                 let mut p = Payload::new(now_ms(), None).with_metric(Metric::new(
@@ -225,12 +236,12 @@ impl Context {
             } => {
                 if !allowed(&self.sparkplug.commands.allow, &device, &tag) {
                     let r = format!("{device}/{tag} is not in sparkplug.commands.allow");
-                    self.reject(id, "DCMD", Some(device), &tag, value, r);
+                    self.reject(actor, id, "DCMD", Some(device), &tag, value, r);
                     return;
                 }
                 if age > MAX_AGE {
                     let r = format!("expired: {} s old", age.as_secs());
-                    self.reject(id, "DCMD", Some(device), &tag, value, r);
+                    self.reject(actor, id, "DCMD", Some(device), &tag, value, r);
                     return;
                 }
                 let datatype: Option<DataType> = match &self.ingest {
@@ -249,6 +260,7 @@ impl Context {
                     Ok(v) => v,
                     Err(e) => {
                         self.reject(
+                            actor,
                             id,
                             "DCMD",
                             Some(device),
@@ -270,6 +282,7 @@ impl Context {
             Ok(b) => b,
             Err(e) => {
                 self.reject(
+                    actor,
                     id,
                     kind,
                     None,
@@ -280,7 +293,7 @@ impl Context {
                 return;
             }
         };
-        self.audit.expect(&id);
+        self.audit.expect(&id, actor.to_string());
         let ev = Event {
             topic: topic.to_string(),
             payload: Bytes::from(bytes),
@@ -293,10 +306,9 @@ impl Context {
             Ok(_) => tracing::info!(%id, topic = %ev.topic, "kafka command published"),
             Err(e) => {
                 // Not published: report it ourselves (the edge node never sees it).
-                self.audit.claim(Some(&id));
+                self.audit.claim(Some(&id), None);
                 self.audit.record(CommandResult {
-                    source: CommandSource::Kafka,
-                    correlation_id: Some(id),
+                    from: Requester::new(CommandSource::Kafka, Some(actor.to_string()), Some(id)),
                     kind: kind.into(),
                     device: None,
                     metric: String::new(),
@@ -450,8 +462,9 @@ pub async fn run(
                                         .max(0) as u64,
                                 );
                                 let id = format!("kafka-{}-{}", reader.partition, rec.offset);
+                                let actor = format!("kafka:{}@{}", reader.key, rec.offset);
                                 let value = rec.record.value.unwrap_or_default();
-                                ctx.handle(&value, id, age).await;
+                                ctx.handle(&value, &actor, id, age).await;
                             }
                             reader.next = last + 1;
                             StateStore::put_json_durable(&tree, &reader.key, &reader.next)?;

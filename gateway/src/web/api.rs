@@ -88,7 +88,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.status.metrics() + &st.web_stats.render(),
+        st.status.metrics() + &st.web_stats.render() + &st.audit.metrics(),
     )
         .into_response()
 }

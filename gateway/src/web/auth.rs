@@ -5,7 +5,9 @@
 //! * Sessions: a random 256-bit id in the cookie; sled keeps only its SHA-256 (a copy of the
 //!   state directory does not hand out live sessions), with idle and absolute expiry and a
 //!   per-session CSRF token. At most [`MAX_SESSIONS_PER_USER`] per user; a new one ends that
-//!   user's least recently used.
+//!   user's least recently used. Every session that ends other than by logout (expired, pushed
+//!   out by the cap, ended by a password change or user deletion) is an audit record
+//!   `session_end` with the reason (a logout is the request's own record).
 //! * API tokens: `ibt_<id>_<secret>`, shown once, stored as SHA-256, with a role.
 
 use std::net::IpAddr;
@@ -19,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use ironbridge_broker::throttle::LoginThrottle;
 
+use crate::audit::{self, AuditTrail};
 use crate::config_store::ConfigStore;
 use crate::state::{StateError, StateStore, Tree};
 
@@ -297,6 +300,18 @@ pub struct Auth {
     throttle: LoginThrottle,
     hash_slots: Arc<Semaphore>,
     config: Arc<ConfigStore>,
+    audit: Arc<AuditTrail>,
+}
+
+/// Why a session ended (the `reason` of its `session_end` audit record).
+#[derive(Debug, Clone, Copy)]
+enum SessionEnd {
+    /// Idle or absolute timeout.
+    Expired,
+    /// The user's oldest beyond [`MAX_SESSIONS_PER_USER`].
+    Evicted,
+    /// The password changed or the user was deleted.
+    Revoked,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -305,11 +320,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Auth {
     /// Opens the trees; while no user exists, makes a one-time setup code and logs it.
-    /// `throttle` is shared with the MQTT endpoint's logins (one policy for both).
+    /// `throttle` is shared with the MQTT endpoint's logins (one policy for both); ended
+    /// sessions are recorded in `audit`.
     pub fn open(
         store: &StateStore,
         config: Arc<ConfigStore>,
         throttle: LoginThrottle,
+        audit: Arc<AuditTrail>,
     ) -> Result<Auth, AuthError> {
         let auth = Auth {
             users: store.tree("web.users")?,
@@ -319,6 +336,7 @@ impl Auth {
             throttle,
             hash_slots: Arc::new(Semaphore::new(2)),
             config,
+            audit,
         };
         if auth.setup_required() {
             // Unambiguous characters, grouped for reading off a console.
@@ -505,6 +523,7 @@ impl Auth {
         let excess = (own.len() + 1).saturating_sub(MAX_SESSIONS_PER_USER);
         for (_, k) in own.into_iter().take(excess) {
             self.sessions.remove(k)?;
+            self.session_ended(user, SessionEnd::Evicted);
         }
         let sid = random_b64(32)?;
         let csrf = random_b64(32)?;
@@ -531,7 +550,9 @@ impl Auth {
         let idle = self.idle().as_millis() as i64;
         let absolute = self.absolute().as_millis() as i64;
         if now - rec.last_seen_ms > idle || now - rec.created_ms > absolute {
-            let _ = self.sessions.remove(&key);
+            if let Ok(Some(_)) = self.sessions.remove(&key) {
+                self.session_ended(&rec.user, SessionEnd::Expired);
+            }
             return None;
         }
         let user = self.user(&rec.user).ok()??;
@@ -566,8 +587,9 @@ impl Auth {
             if let Ok(s) = serde_json::from_slice::<SessionRec>(&v)
                 && s.user == user
                 && except != Some(String::from_utf8_lossy(&k).as_ref())
+                && let Ok(Some(_)) = self.sessions.remove(k)
             {
-                let _ = self.sessions.remove(k);
+                self.session_ended(user, SessionEnd::Revoked);
             }
         }
     }
@@ -578,11 +600,40 @@ impl Auth {
         let idle = self.idle().as_millis() as i64;
         let absolute = self.absolute().as_millis() as i64;
         for (k, v) in self.sessions.iter().filter_map(|kv| kv.ok()) {
-            let dead = serde_json::from_slice::<SessionRec>(&v)
-                .map(|s| now - s.last_seen_ms > idle || now - s.created_ms > absolute)
-                .unwrap_or(true);
-            if dead {
-                let _ = self.sessions.remove(k);
+            let rec = serde_json::from_slice::<SessionRec>(&v).ok();
+            let dead = rec
+                .as_ref()
+                .is_none_or(|s| now - s.last_seen_ms > idle || now - s.created_ms > absolute);
+            if dead && let Ok(Some(_)) = self.sessions.remove(k) {
+                let user = rec.map_or_else(|| "-".to_string(), |s| s.user);
+                self.session_ended(&user, SessionEnd::Expired);
+            }
+        }
+    }
+
+    /// Records a session end without waiting for the disk (callers hold no async context of
+    /// their own; the record follows within milliseconds).
+    fn session_ended(&self, user: &str, why: SessionEnd) {
+        let reason = match why {
+            SessionEnd::Expired => "expired",
+            SessionEnd::Evicted => "evicted",
+            SessionEnd::Revoked => "revoked",
+        };
+        tracing::info!(%user, reason, "web session ended");
+        let e = audit::Event::new(audit::Source::Web, user, "session_end")
+            .detail(serde_json::json!({ "reason": reason }));
+        let trail = self.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { trail.record(e).await });
+            }
+            Err(_) => {
+                if let Err(err) = trail.record_blocking(e) {
+                    trail
+                        .errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(error = %err, "audit record not written");
+                }
             }
         }
     }
@@ -800,16 +851,37 @@ mod tests {
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1, 2, 3, 4));
 
-    fn auth() -> (Auth, Arc<ConfigStore>) {
+    fn auth() -> (Auth, Arc<AuditTrail>, tempfile::TempDir) {
         let store = StateStore::temporary().expect("sled");
         let mut c = Config::default();
         c.web.session_idle_timeout_s = 1;
         c.web.session_absolute_timeout_s = 2;
         let cfg = ConfigStore::new(c, None);
-        (
-            Auth::open(&store, cfg.clone(), LoginThrottle::default()).expect("auth"),
-            cfg,
-        )
+        let dir = tempfile::tempdir().expect("tmp");
+        let trail = Arc::new(AuditTrail::open(dir.path(), 1 << 20, 4).expect("audit"));
+        let auth = Auth::open(&store, cfg, LoginThrottle::default(), trail.clone()).expect("auth");
+        (auth, trail, dir)
+    }
+
+    /// The `session_end` reasons recorded so far (they are written off the caller's task:
+    /// waits up to 5 s for `want` of them).
+    async fn session_ends(trail: &AuditTrail, want: usize) -> Vec<String> {
+        let q = audit::Query {
+            action: Some("session_end".into()),
+            ..audit::Query::default()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let reasons: Vec<String> = trail
+                .query(&q)
+                .iter()
+                .map(|r| r.detail["reason"].as_str().unwrap_or_default().to_string())
+                .collect();
+            if reasons.len() >= want || tokio::time::Instant::now() > deadline {
+                return reasons;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
@@ -827,7 +899,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn setup_login_sessions_tokens() {
-        let (a, _cfg) = auth();
+        let (a, trail, _dir) = auth();
         assert!(a.setup_required());
         let code = lock(&a.setup_code).clone().expect("code");
         assert!(matches!(
@@ -869,8 +941,14 @@ mod tests {
         a.delete_token(&info.id).expect("delete");
         assert!(a.bearer(&token).is_none());
 
-        // Idle expiry (1 s in this config).
+        // Idle expiry (1 s in this config), recorded in the audit trail.
         tokio::time::sleep(Duration::from_millis(1300)).await;
         assert!(a.session(&sid).is_none());
+        assert_eq!(session_ends(&trail, 1).await, ["expired"]);
+        // The per-user cap ends the oldest session (the login's), and says so.
+        for _ in 0..MAX_SESSIONS_PER_USER {
+            a.new_session("admin").expect("session");
+        }
+        assert_eq!(session_ends(&trail, 2).await, ["expired", "evicted"]);
     }
 }

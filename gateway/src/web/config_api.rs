@@ -12,18 +12,23 @@ use serde_json::{Map, Value};
 use ironbridge_adapters::modbus::{DeviceConfig, TagConfig};
 
 use super::auth::Principal;
-use super::{ApiError, ApiPath, AppState, FieldError, JsonBody, TextBody};
+use super::{ApiError, ApiPath, AppState, AuditDetail, FieldError, JsonBody, TextBody};
 use crate::config_store::{REDACTED, Saved};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 
+/// The answer to a saved change; its audit record gets the changed sections and the
+/// redacted field diff.
 fn saved(s: Saved, created: bool) -> Response {
     let code = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    (code, Json(s)).into_response()
+    let detail = serde_json::json!({ "sections": s.changed, "diff": s.diff });
+    let mut resp = (code, Json(s)).into_response();
+    resp.extensions_mut().insert(AuditDetail(detail));
+    resp
 }
 
 pub async fn get_config(State(st): State<AppState>) -> Response {

@@ -424,9 +424,14 @@ pub async fn guard(State(st): State<AppState>, mut req: Request, next: Next) -> 
             next.run(req).await
         }
     };
-    if let Some(e) = audit
+    if let Some(mut e) = audit
         && resp.extensions().get::<Audited>().is_none()
     {
+        if let Some(AuditDetail(serde_json::Value::Object(extra))) = resp.extensions().get()
+            && let serde_json::Value::Object(detail) = &mut e.detail
+        {
+            detail.extend(extra.clone());
+        }
         st.audit.record(e.outcome(outcome_of(resp.status()))).await;
     }
     resp
@@ -473,6 +478,10 @@ fn check_role_and_csrf(
 /// Marks a response whose handler wrote its own audit record.
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
+
+/// Fields a handler adds to the `detail` of its request's audit record (a JSON object).
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub serde_json::Value);
 
 /// The audit event of an action by `p` (from `peer`).
 pub fn audit_event(p: &Principal, peer: Option<IpAddr>, action: &'static str) -> audit::Event {

@@ -81,11 +81,15 @@ impl WebHarness {
             Arc::new(UplinkStatus::new()),
         );
         let store = ConfigStore::new(c.clone(), Some(path.clone()));
+        let audit = Arc::new(
+            crate::audit::AuditTrail::open(&dir.path().join("audit"), 1 << 20, 4).expect("audit"),
+        );
         let auth = Arc::new(
             Auth::open(
                 &StateStore::temporary().expect("sled"),
                 store.clone(),
                 Default::default(),
+                audit.clone(),
             )
             .expect("auth"),
         );
@@ -118,10 +122,7 @@ impl WebHarness {
                 restart: watch::channel(false).0,
                 started: Instant::now(),
                 web_stats: Arc::default(),
-                audit: Arc::new(
-                    crate::audit::AuditTrail::open(&dir.path().join("audit"), 1 << 20, 4)
-                        .expect("audit"),
-                ),
+                audit,
             }),
             config_path: path,
             _dir: dir,

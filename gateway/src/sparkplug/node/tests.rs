@@ -378,8 +378,12 @@ fn nothing_before_birth_and_death_ends_session() {
 }
 
 const MQTT: CommandOrigin<'static> = CommandOrigin {
-    source: CommandSource::Mqtt,
-    correlation_id: None,
+    from: Requester {
+        source: CommandSource::Mqtt,
+        actor: None,
+        peer: None,
+        correlation_id: None,
+    },
     allow: &[],
     restricted: false,
 };
@@ -398,8 +402,7 @@ fn plan(c: &NodeCore, device: &str, metrics: Vec<Metric>, restricted: bool) -> C
         Some(device),
         &dcmd(metrics),
         &CommandOrigin {
-            source: CommandSource::Mqtt,
-            correlation_id: Some("corr-1".into()),
+            from: Requester::new(CommandSource::Mqtt, None, Some("corr-1".into())),
             allow: &["press/setpoint".to_string()],
             restricted,
         },
@@ -419,7 +422,7 @@ fn dcmd_checks_metric_access_type_and_range() {
     assert!(p.rejected.is_empty(), "{p:?}");
     assert_eq!(p.writes.len(), 1);
     assert_eq!(p.writes[0].value, Value::U16(42));
-    assert_eq!(p.writes[0].correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(p.writes[0].from.correlation_id.as_deref(), Some("corr-1"));
     // By alias, without a datatype (resolved from the birth), and a scaled tag as Double.
     let p = plan(
         &c,
@@ -531,28 +534,45 @@ fn ncmd(c: &NodeCore, name: &str, v: MetricValue) -> CommandPlan {
     )
 }
 
+const ALL_CONTROLS: NodeControls = NodeControls {
+    reboot: true,
+    next_server: true,
+};
+
 #[test]
 fn node_controls_reboot_next_server_scan_rate() {
-    let embedded = core();
-    let p = ncmd(&embedded, REBOOT, MetricValue::Boolean(true));
+    // Reboot and Next Server are off unless configured: refused with the key that enables them.
+    let default = core();
+    for name in [REBOOT, NEXT_SERVER] {
+        let p = ncmd(&default, name, MetricValue::Boolean(true));
+        assert!(
+            !p.reboot && !p.next_server && p.rejected.len() == 1,
+            "{p:?}"
+        );
+        let reason = p.rejected[0].reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains("is off on this gateway")
+                && reason.contains("sparkplug.commands.allow_"),
+            "{reason}"
+        );
+    }
+    let enabled = core().with_controls(ALL_CONTROLS);
+    let p = ncmd(&enabled, REBOOT, MetricValue::Boolean(true));
     assert!(p.reboot && !p.rebirth && p.rejected.is_empty());
-    let p = ncmd(&embedded, REBOOT, MetricValue::Boolean(false));
+    let p = ncmd(&enabled, REBOOT, MetricValue::Boolean(false));
     assert!(!p.reboot && p.rejected.len() == 1);
-    // Next Server: only where the session offers it (upstream).
-    let p = ncmd(&embedded, NEXT_SERVER, MetricValue::Boolean(true));
-    assert!(!p.next_server && p.rejected.len() == 1);
-    let reason = p.rejected[0].reason.clone().unwrap_or_default();
-    assert!(reason.contains("upstream"), "{reason}");
-    let upstream = core().with_next_server();
-    let p = ncmd(&upstream, NEXT_SERVER, MetricValue::Boolean(true));
+    let p = ncmd(&enabled, NEXT_SERVER, MetricValue::Boolean(true));
     assert!(p.next_server && p.rejected.is_empty());
+    // Rebirth needs no switch.
+    let p = ncmd(&default, REBIRTH, MetricValue::Boolean(true));
+    assert!(p.rebirth && p.rejected.is_empty());
     // Scan Rate is read-only: a write is rejected with the reason.
-    let p = ncmd(&upstream, SCAN_RATE, MetricValue::Int64(500));
+    let p = ncmd(&enabled, SCAN_RATE, MetricValue::Int64(500));
     assert_eq!(p.rejected.len(), 1);
     let reason = p.rejected[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("read-only"), "{reason}");
     let p = ncmd(
-        &upstream,
+        &enabled,
         "Node Control/Self Destruct",
         MetricValue::Boolean(true),
     );
@@ -570,7 +590,6 @@ fn nbirth_declares_node_metrics_and_controls() {
     let nb = &out[0].payload;
     for (name, dt) in [
         (REBIRTH, DataType::Boolean),
-        (REBOOT, DataType::Boolean),
         (SCAN_RATE, DataType::Int64),
         (UPLINK_ONLINE, DataType::Boolean),
         (BACKLOG_RECORDS, DataType::UInt64),
@@ -588,17 +607,21 @@ fn nbirth_declares_node_metrics_and_controls() {
     );
     // The devices' default poll interval (1 s) as the scan rate.
     assert!(matches!(metric(nb, SCAN_RATE).value, Some(MetricValue::Int64(x)) if x > 0));
+    // Controls that are off are not offered.
     assert!(
         nb.metrics
             .iter()
-            .all(|m| m.name.as_deref() != Some(NEXT_SERVER))
+            .all(|m| m.name.as_deref() != Some(NEXT_SERVER) && m.name.as_deref() != Some(REBOOT))
     );
-    let mut u = core().with_next_server();
+    let mut u = core().with_controls(ALL_CONTROLS);
     let out = u.birth(0, &none);
-    assert_eq!(
-        metric(&out[0].payload, NEXT_SERVER).value,
-        Some(MetricValue::Boolean(false))
-    );
+    for name in [REBOOT, NEXT_SERVER] {
+        assert_eq!(
+            metric(&out[0].payload, name).value,
+            Some(MetricValue::Boolean(false)),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -33,12 +33,12 @@ use tokio::time::Instant;
 
 use super::records::{SessionMessage, history, readings, session_message};
 use super::{
-    AbortOnDrop, CommandOrigin, HostTracker, NEXT_SERVER, NodeContext, NodeCore, NodeError,
-    Outgoing, SessionRecord, UpstreamReport, WriteJob, correlation, dispatch, gateway_metrics,
-    load_session, model, next_bdseq, node_control_done, parse_state, plan_command, rebirth_done,
-    reboot, save_session, state_topics,
+    AbortOnDrop, CommandOrigin, HostTracker, NEXT_SERVER, NodeContext, NodeControls, NodeCore,
+    NodeError, Outgoing, SessionRecord, UpstreamReport, WriteJob, correlation, dispatch,
+    gateway_metrics, load_session, model, next_bdseq, node_control_done, parse_state, plan_command,
+    rebirth_done, reboot, save_session, state_topics,
 };
-use crate::sparkplug::audit::CommandSource;
+use crate::sparkplug::audit::{CommandSource, Requester};
 use crate::sparkplug::config::UpstreamConfig;
 use crate::sparkplug::topic::{MessageType, Topic};
 use crate::uplink::TlsConfig;
@@ -711,10 +711,14 @@ impl Session<'_> {
         else {
             return Ok(None);
         };
-        let id = correlation(payload);
+        // Whoever published on the upstream server: we know the server, not the client.
+        let from = Requester::new(
+            CommandSource::Upstream,
+            Some(format!("upstream:{}", self.cfg.server)),
+            correlation(payload),
+        );
         let origin = CommandOrigin {
-            source: CommandSource::Upstream,
-            correlation_id: id.clone(),
+            from: from.clone(),
             allow: &self.ctx.config.commands.allow,
             restricted: self.ctx.config.commands.restrict_dcmd,
         };
@@ -730,20 +734,14 @@ impl Session<'_> {
             if self.core.is_born() {
                 self.births(client)?;
             }
-            rebirth_done(&self.ctx.audit, CommandSource::Upstream, id.clone());
+            rebirth_done(&self.ctx.audit, from.clone());
         }
         if reboot_asked {
-            reboot(self.ctx, CommandSource::Upstream, id.clone());
+            reboot(self.ctx, from.clone());
         }
         if next_server {
             // One server configured: the "next" one is a new session on it.
-            node_control_done(
-                &self.ctx.audit,
-                CommandSource::Upstream,
-                id,
-                NEXT_SERVER,
-                Ok(()),
-            );
+            node_control_done(&self.ctx.audit, from, NEXT_SERVER, Ok(()));
             tracing::info!("{NEXT_SERVER}: ending the upstream session");
             self.goodbye(client, events).await;
             return Ok(Some(End::Reconnect));
@@ -808,8 +806,12 @@ pub async fn run(
         cfg.client_id.clone()
     };
     let mut s = Session {
-        core: NodeCore::new(&ctx.config.group_id, &ctx.edge_node_id, model(&known))
-            .with_next_server(),
+        core: NodeCore::new(&ctx.config.group_id, &ctx.edge_node_id, model(&known)).with_controls(
+            NodeControls {
+                reboot: ctx.config.commands.allow_reboot,
+                next_server: ctx.config.commands.allow_next_server,
+            },
+        ),
         ctx: &ctx,
         cfg,
         tls,
