@@ -170,20 +170,25 @@ pub struct Context {
     pub state: StateStore,
 }
 
+/// A Kafka command record as the requester of a command.
+fn kafka(actor: &str, id: String) -> Requester {
+    Requester::new(CommandSource::Kafka, Some(actor.to_string()), Some(id))
+}
+
 impl Context {
     fn reject(
         &self,
-        actor: &str,
-        id: String,
+        from: Requester,
         kind: &str,
         device: Option<String>,
         tag: &str,
         value: Json,
         reason: String,
     ) {
+        let id = from.correlation_id.as_deref().unwrap_or_default();
         tracing::warn!(%id, ?device, tag, %reason, "kafka command refused");
         self.audit.record(CommandResult {
-            from: Requester::new(CommandSource::Kafka, Some(actor.to_string()), Some(id)),
+            from,
             kind: kind.into(),
             device,
             metric: tag.into(),
@@ -200,7 +205,7 @@ impl Context {
             Ok(c) => c,
             Err((id, reason)) => {
                 let raw = String::from_utf8_lossy(&value[..value.len().min(256)]).into_owned();
-                self.reject(actor, id, "DCMD", None, "", Json::from(raw), reason);
+                self.reject(kafka(actor, id), "DCMD", None, "", Json::from(raw), reason);
                 return;
             }
         };
@@ -210,8 +215,7 @@ impl Context {
                 if age > MAX_AGE {
                     let r = format!("expired: {} s old", age.as_secs());
                     self.reject(
-                        actor,
-                        id,
+                        kafka(actor, id),
                         "NCMD",
                         None,
                         "Node Control/Rebirth",
@@ -236,12 +240,12 @@ impl Context {
             } => {
                 if !allowed(&self.sparkplug.commands.allow, &device, &tag) {
                     let r = format!("{device}/{tag} is not in sparkplug.commands.allow");
-                    self.reject(actor, id, "DCMD", Some(device), &tag, value, r);
+                    self.reject(kafka(actor, id), "DCMD", Some(device), &tag, value, r);
                     return;
                 }
                 if age > MAX_AGE {
                     let r = format!("expired: {} s old", age.as_secs());
-                    self.reject(actor, id, "DCMD", Some(device), &tag, value, r);
+                    self.reject(kafka(actor, id), "DCMD", Some(device), &tag, value, r);
                     return;
                 }
                 let datatype: Option<DataType> = match &self.ingest {
@@ -260,8 +264,7 @@ impl Context {
                     Ok(v) => v,
                     Err(e) => {
                         self.reject(
-                            actor,
-                            id,
+                            kafka(actor, id),
                             "DCMD",
                             Some(device),
                             &tag,
@@ -282,8 +285,7 @@ impl Context {
             Ok(b) => b,
             Err(e) => {
                 self.reject(
-                    actor,
-                    id,
+                    kafka(actor, id),
                     kind,
                     None,
                     "",
@@ -308,7 +310,7 @@ impl Context {
                 // Not published: report it ourselves (the edge node never sees it).
                 self.audit.claim(Some(&id), None);
                 self.audit.record(CommandResult {
-                    from: Requester::new(CommandSource::Kafka, Some(actor.to_string()), Some(id)),
+                    from: kafka(actor, id),
                     kind: kind.into(),
                     device: None,
                     metric: String::new(),
