@@ -3,7 +3,7 @@
 //! glibc serves a request of at least `M_MMAP_THRESHOLD` (128 KiB at start) with its own
 //! `mmap` and unmaps it on free. But by default the threshold is *dynamic*: freeing such a
 //! chunk raises the threshold to that chunk's size (up to 32 MiB) and the trim threshold to
-//! twice that. After the first argon2 password check (19 MiB, see `mqtt::auth`) every later
+//! twice that. After the first argon2 password check (19 MiB, see `ironbridge_broker::auth`) every later
 //! one, and every uplink batch or catch-up buffer below 19 MiB, came from the heap or a
 //! per-thread arena instead, and up to 38 MiB per arena stayed resident after free. Measured
 //! (`cargo bench -p ironbridge-e2e --bench gateway -- --quick --only rss`): 56 MB resident
