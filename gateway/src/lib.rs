@@ -1,6 +1,7 @@
 //! The Ironbridge daemon's components. The data path: MQTT endpoint → edge-buffer → uplink.
 
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod config_store;
 pub mod daemon;

@@ -20,6 +20,7 @@ use ironbridge_adapters::modbus::{
 };
 use tokio::sync::{RwLock, broadcast, mpsc};
 
+use crate::clock::lock;
 use crate::event::Event;
 use crate::mqtt::{BrokerHandle, MqttError};
 
@@ -123,10 +124,6 @@ impl ModbusHub {
         // No subscriber is fine.
         let _ = self.readings.send(r.clone());
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Turns a reading into the publish that carries it.

@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use edge_buffer::{Log, Stats};
 use serde::Serialize;
 
 use ironbridge_adapters::modbus::DeviceHealth;
 
+use crate::clock::{lock, now_ms};
 use crate::modbus::HealthBoard;
 use crate::mqtt::MqttStats;
 use crate::sparkplug::audit::CommandAudit;
@@ -68,17 +69,6 @@ struct Inner {
 struct RateSampler {
     last: Option<(Instant, u64, u64)>,
     rates: Rates,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Everything `/api/status` returns.

@@ -286,7 +286,7 @@ impl AuditTrail {
         }
         let rec = AuditRecord {
             seq: cur.next_seq,
-            time_ms: crate::web::auth::now_ms(),
+            time_ms: crate::clock::now_ms(),
             source: e.source,
             actor: e.actor,
             peer: e.peer,

@@ -18,6 +18,7 @@ pub use ironbridge_broker::{
     TlsListenerConfig, UserCounters, hash_password, verify_password,
 };
 
+use crate::clock::now_ms;
 use crate::event::Event;
 
 /// Everything that can stop the MQTT endpoint from starting or a local publish from landing.
@@ -32,13 +33,6 @@ pub enum MqttError {
     /// An in-process subscription ended.
     #[error("internal MQTT broker: {0}")]
     Router(String),
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Appends with the buffer's full policy applied: waits for space under backpressure, retries

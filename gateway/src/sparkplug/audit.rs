@@ -14,8 +14,8 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::{lock, now_ms_u64 as now_ms};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -165,17 +165,6 @@ impl Default for CommandAudit {
     fn default() -> Self {
         CommandAudit::new(DEFAULT_CAPACITY)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 impl CommandAudit {

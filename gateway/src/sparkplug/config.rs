@@ -58,8 +58,8 @@ impl SparkplugConfig {
     }
 }
 
-/// An upstream MQTT server the edge node also publishes to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An upstream MQTT server the edge node also publishes to. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `host:port`.
@@ -90,6 +90,23 @@ pub struct UpstreamConfig {
     /// beyond are counted as dropped). 0 turns store-and-forward off.
     #[serde(default = "default_history_max_records")]
     pub history_max_records: u64,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("server", &self.server)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("history_rate", &self.history_rate)
+            .field("history_max_age_s", &self.history_max_age_s)
+            .field("history_max_records", &self.history_max_records)
+            .finish()
+    }
 }
 
 fn default_keep_alive() -> u16 {

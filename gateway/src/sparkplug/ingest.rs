@@ -28,8 +28,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,7 @@ use super::births::{self, Birth, BirthCache, CacheLimits, MetricDef};
 use super::config::IngestConfig;
 use super::payload::{Limits, Metric, MetricValue, Payload, decode_payload};
 use super::topic::{MessageType, Topic, TopicError};
+use crate::clock::{lock, now_ms_u64 as now_ms};
 use crate::event::Event;
 use crate::mqtt::{BrokerHandle, MqttError};
 use crate::state::{StateStore, Tree};
@@ -132,23 +133,12 @@ pub struct IngestSnapshot {
     pub nodes: Vec<NodeView>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
 fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl IngestStatus {

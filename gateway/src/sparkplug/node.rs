@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ironbridge_adapters::modbus::{
@@ -32,6 +32,7 @@ use super::payload::{
     DataType, Limits, Metric, MetricValue, Payload, PropertyValue, decode_payload,
 };
 use super::topic::{MessageType, Topic};
+use crate::clock::now_ms_u64 as now_ms;
 use crate::event::Event;
 use crate::modbus::ModbusHub;
 use crate::mqtt::{BrokerHandle, MqttError};
@@ -75,13 +76,6 @@ pub enum NodeError {
     Encode(String),
     #[error("{0}")]
     Task(String),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// What the node component needs.

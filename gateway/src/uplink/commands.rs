@@ -48,6 +48,7 @@ use tokio::time::{sleep, timeout};
 
 use super::config::{SaslMechanism, UplinkConfig};
 use super::partitioner::partition_for_key;
+use crate::clock::now_ms_u64 as now_ms;
 use crate::event::Event;
 use crate::mqtt::BrokerHandle;
 use crate::sparkplug::SparkplugConfig;
@@ -321,13 +322,6 @@ impl Context {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The result record of a Kafka command.

@@ -1,13 +1,13 @@
 //! The uplink's state and counters, shared with the web UI, `/metrics` and `/healthz`.
 
 use std::sync::{Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edge_buffer::Log;
 use serde::Serialize;
 
 use super::config::UplinkConfig;
 use super::route::Origin;
+use crate::clock::now_ms;
 
 /// What the uplink is doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -136,13 +136,6 @@ impl Default for UplinkStatus {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl UplinkStatus {

@@ -12,7 +12,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::rand::SecureRandom as _;
@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use ironbridge_broker::throttle::LoginThrottle;
 
 use crate::audit::{self, AuditTrail};
+use crate::clock::{lock, now_ms};
 use crate::config_store::ConfigStore;
 use crate::state::{StateError, StateStore, Tree};
 
@@ -207,13 +208,6 @@ impl From<sled::Error> for AuthError {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn random_b64(bytes: usize) -> Result<String, AuthError> {
     let mut buf = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
@@ -312,10 +306,6 @@ enum SessionEnd {
     Evicted,
     /// The password changed or the user was deleted.
     Revoked,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Auth {

@@ -125,7 +125,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RingLayer {
         truncate(&mut message, MAX_MESSAGE);
         let meta = event.metadata();
         self.ring.push(LogLine {
-            ts: rfc3339(crate::web::auth::now_ms()),
+            ts: rfc3339(crate::clock::now_ms()),
             level: meta.level().to_string(),
             target: meta.target().to_string(),
             message,
