@@ -1487,7 +1487,10 @@ where
             in_flight.push_back(async move { (i, request.await) });
         }
         if let Some((i, r)) = in_flight.next().await {
-            let first = failure.is_none() && rejected.is_none() && topic_rejected.is_none();
+            // An encoding failure is noted when sending, before earlier chunks are answered.
+            let first = failure.is_none()
+                && topic_rejected.is_none()
+                && rejected.as_ref().is_none_or(|(j, _)| i < *j);
             let chunk = &mut g.chunks[i];
             let ChunkState::Sent { in_doubt, .. } = &mut chunk.state else {
                 continue;
