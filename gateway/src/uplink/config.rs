@@ -64,6 +64,9 @@ pub struct UplinkConfig {
     pub max_request_bytes: usize,
     /// A single Kafka record (key + value + headers) larger than this is dead-lettered.
     pub max_record_bytes: usize,
+    /// Produce requests in flight at once per partition (1-5: the leader remembers the last
+    /// five batches of an idempotent producer to recognise a resend).
+    pub max_in_flight_requests: usize,
     /// Deadline for one Kafka operation (connect, metadata, produce), retries inside included.
     pub request_timeout_ms: u64,
     /// First retry delay after a failure; doubles per failure up to `retry_backoff_max_ms`, with
@@ -111,6 +114,7 @@ impl Default for UplinkConfig {
             linger_ms: 5,
             max_request_bytes: 1_000_000,
             max_record_bytes: 1_000_000,
+            max_in_flight_requests: 5,
             request_timeout_ms: 30_000,
             retry_backoff_initial_ms: 200,
             retry_backoff_max_ms: 30_000,
@@ -369,6 +373,12 @@ impl UplinkConfig {
             return Err(ConfigError::new(
                 "kafka.retry_backoff_max_ms",
                 "must be at least retry_backoff_initial_ms",
+            ));
+        }
+        if !(1..=5).contains(&self.max_in_flight_requests) {
+            return Err(ConfigError::new(
+                "kafka.max_in_flight_requests",
+                "must be 1 to 5 (an idempotent producer's limit)",
             ));
         }
         if self.max_request_bytes > i32::MAX as usize {

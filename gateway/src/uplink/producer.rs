@@ -1,12 +1,14 @@
-//! The producer loop: buffer batches → routed records → one produce per (topic, partition) →
-//! cursor commit once everything up to it was acknowledged.
+//! The producer loop: buffer batches → routed records → produce requests per (topic,
+//! partition) → cursor commit once everything up to it was acknowledged.
 //!
-//! Ordering: a batch is finished (every record acknowledged or dead-lettered) before the next
-//! one is read, and within a batch each partition has at most one produce request in flight,
-//! its chunks sent in offset order. So a later record never overtakes an earlier,
-//! unacknowledged one on the same partition, across retries, reconnects and restarts.
-//! Memory is bounded by one batch (`batch_max_records` / `batch_max_bytes`) plus its Kafka
-//! records, whatever the backlog.
+//! Ordering: a batch is finished (every record acknowledged or dead-lettered) before the cursor
+//! moves past it. Within a batch, each partition's chunks are sent in offset order, up to
+//! `max_in_flight_requests` at once; the leader's sequence check keeps a later chunk from being
+//! written ahead of an earlier one that was not, and answers are applied in sending order. So a
+//! later record never overtakes an earlier, unacknowledged one on the same partition, across
+//! retries, reconnects and restarts. While a batch is delivered the next one is read and routed
+//! on a blocking thread. Memory is bounded by two batches (`batch_max_records` /
+//! `batch_max_bytes`) plus their Kafka records, whatever the backlog.
 //!
 //! Idempotence (KIP-98): every request carries the uplink's producer identity and the
 //! partition's next sequence numbers, fixed when the chunk is first sent. A chunk whose outcome
@@ -23,13 +25,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_buffer::{Log, Reader, StoredRecord};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rand::Rng;
 use rskafka::BackoffConfig;
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::idempotence::{
     IdempotentAck, ProducerSequences, SequenceStamp, needs_new_identity,
 };
-use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::partition::{
+    Compression, EncodedBatch, PartitionClient, UnknownTopicHandling,
+};
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::Record;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
@@ -193,21 +199,51 @@ struct Session {
 struct Group {
     topic: Arc<str>,
     partition: i32,
-    chunks: VecDeque<Vec<Built>>,
+    chunks: VecDeque<Chunk>,
     /// Size of the last chunk, while the chunks are being built.
     tail_bytes: usize,
-    /// The producer stamp of the first chunk once it was sent: it is resent with exactly
-    /// these records and this stamp until the broker answers.
-    stamp: Option<SequenceStamp>,
-    /// The first chunk was sent and the outcome is unknown (it may be in the log).
-    in_doubt: bool,
-    /// Consecutive timeouts of the stamped first chunk.
-    stamped_timeouts: u32,
     /// The topic's partition count when the group was made.
     partitions: i32,
     /// Records below this buffer offset may already be in the partition (written before a
     /// restart, or by a request in doubt): read the partition's tail before sending. 0: none.
     check_below: u64,
+}
+
+/// One produce request's records, and what became of it.
+struct Chunk {
+    records: Vec<Built>,
+    state: ChunkState,
+    /// Consecutive timeouts while stamped.
+    timeouts: u32,
+}
+
+enum ChunkState {
+    Unsent,
+    /// Stamped and encoded when first sent: it goes again with exactly these bytes (records
+    /// and stamp) until the broker answers, so the broker can recognise it.
+    Sent {
+        stamp: SequenceStamp,
+        batch: EncodedBatch,
+        /// The outcome is unknown (it may be in the log).
+        in_doubt: bool,
+    },
+    /// Acknowledged behind an earlier chunk that is not (yet): counted and released from the
+    /// group only in order, so the cursor never passes an unacknowledged record.
+    Acked,
+}
+
+impl Chunk {
+    fn new(records: Vec<Built>) -> Chunk {
+        Chunk {
+            records,
+            state: ChunkState::Unsent,
+            timeouts: 0,
+        }
+    }
+
+    fn is_sent(&self) -> bool {
+        matches!(self.state, ChunkState::Sent { .. })
+    }
 }
 
 impl Group {
@@ -217,9 +253,6 @@ impl Group {
             partition,
             chunks: VecDeque::new(),
             tail_bytes: 0,
-            stamp: None,
-            in_doubt: false,
-            stamped_timeouts: 0,
             partitions,
             check_below: 0,
         }
@@ -229,68 +262,92 @@ impl Group {
     /// (a record larger than `limit` is a chunk of its own).
     fn push(&mut self, b: Built, limit: usize) {
         match self.chunks.back_mut() {
-            Some(c) if self.tail_bytes + b.size <= limit => {
+            Some(c)
+                if matches!(c.state, ChunkState::Unsent) && self.tail_bytes + b.size <= limit =>
+            {
                 self.tail_bytes += b.size;
-                c.push(b);
+                c.records.push(b);
             }
             _ => {
                 self.tail_bytes = b.size;
-                self.chunks.push_back(vec![b]);
+                self.chunks.push_back(Chunk::new(vec![b]));
             }
         }
     }
 
-    /// Splits the records not yet sent into chunks of at most `limit` bytes, in order. A
-    /// stamped first chunk keeps its records (the broker knows it by its stamp).
+    /// Splits the records not yet sent behind the last sent chunk into chunks of at most
+    /// `limit` bytes, in order. Sent chunks keep their records (the broker knows them by their
+    /// stamps).
     fn rechunk(&mut self, limit: usize) {
-        let kept = if self.stamp.is_some() {
-            self.chunks.pop_front()
-        } else {
-            None
-        };
-        let pending: Vec<Built> = self.chunks.drain(..).flatten().collect();
+        let keep = self
+            .chunks
+            .iter()
+            .rposition(|c| !matches!(c.state, ChunkState::Unsent))
+            .map_or(0, |i| i + 1);
+        let pending: Vec<Built> = self.chunks.drain(keep..).flat_map(|c| c.records).collect();
         self.tail_bytes = 0;
         for b in pending {
             self.push(b, limit);
         }
-        if let Some(c) = kept {
-            self.chunks.push_front(c);
-        }
     }
 
-    /// Forgets the first chunk's stamp (the producer identity changed). A chunk in doubt is
-    /// checked against the partition's tail before it goes again.
+    /// Forgets every stamp (the producer identity changed). Records of a chunk in doubt are
+    /// checked against the partition's tail before they go again.
     fn unstamp(&mut self) {
-        if self.in_doubt
-            && let Some(last) = self.chunks.front().and_then(|c| c.last())
-        {
-            self.check_below = self.check_below.max(last.offset + 1);
+        for c in &mut self.chunks {
+            if let ChunkState::Sent { in_doubt, .. } = c.state {
+                if in_doubt && let Some(last) = c.records.last() {
+                    self.check_below = self.check_below.max(last.offset + 1);
+                }
+                c.state = ChunkState::Unsent;
+            }
+            c.timeouts = 0;
         }
-        self.stamp = None;
-        self.in_doubt = false;
-        self.stamped_timeouts = 0;
     }
 
     /// Applies what the partition's tail proved to the records below `check_below`: drops
-    /// those already there. Returns (dropped, sent without proof).
+    /// those already there. Returns (dropped, sent without proof). Runs only on unstamped
+    /// chunks (acknowledged ones are left alone).
     fn apply(&mut self, tail: &Tail) -> (u64, u64) {
         let below = std::mem::take(&mut self.check_below);
         let doubtful = |b: &Built| b.offset < below;
+        let unsent = |c: &Chunk| matches!(c.state, ChunkState::Unsent);
         match tail {
             Tail::Proven(None) => (0, 0),
             Tail::Proven(Some(last)) => {
                 let mut dropped = 0u64;
-                for c in &mut self.chunks {
-                    let before = c.len();
-                    c.retain(|b| !(doubtful(b) && b.offset <= *last));
-                    dropped += (before - c.len()) as u64;
+                for c in self.chunks.iter_mut().filter(|c| unsent(c)) {
+                    let before = c.records.len();
+                    c.records.retain(|b| !(doubtful(b) && b.offset <= *last));
+                    dropped += (before - c.records.len()) as u64;
                 }
-                self.chunks.retain(|c| !c.is_empty());
+                self.chunks.retain(|c| !c.records.is_empty());
                 (dropped, 0)
             }
             Tail::Unproven(_) => {
-                let n = self.chunks.iter().flatten().filter(|b| doubtful(b)).count();
+                let n = self
+                    .chunks
+                    .iter()
+                    .filter(|c| unsent(c))
+                    .flat_map(|c| &c.records)
+                    .filter(|b| doubtful(b))
+                    .count();
                 (0, n as u64)
+            }
+        }
+    }
+
+    /// Takes acknowledged chunks off the front (in order) and counts them as forwarded.
+    fn release_acked(&mut self, status: &UplinkStatus) {
+        while self
+            .chunks
+            .front()
+            .is_some_and(|c| matches!(c.state, ChunkState::Acked))
+        {
+            if let Some(c) = self.chunks.pop_front() {
+                for b in &c.records {
+                    status.forwarded(b.origin, 1, b.size as u64);
+                }
             }
         }
     }
@@ -349,7 +406,8 @@ pub(crate) struct Uplink {
     cfg: UplinkConfig,
     log: Arc<Log>,
     status: Arc<UplinkStatus>,
-    router: Router,
+    /// Shared with the read-ahead thread (one user at a time).
+    router: Arc<std::sync::Mutex<Router>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     compression: Compression,
     session: Option<Session>,
@@ -392,7 +450,7 @@ impl Uplink {
             cfg,
             log,
             status,
-            router,
+            router: Arc::new(std::sync::Mutex::new(router)),
             tls,
             compression,
             session: None,
@@ -435,59 +493,106 @@ impl Uplink {
         let mut last_commit = Instant::now();
         let mut next_connect = Instant::now();
         self.status.set_state(UplinkState::Connecting);
+        // A full batch read (and routed) on a blocking thread while the previous one was being
+        // delivered, or the first records of a partial one.
+        let mut ahead: Option<Ahead> = None;
         loop {
-            // Wait for records; commit finished work when idle (at most once per interval).
-            let first = loop {
-                let recs =
-                    reader.read_batch(self.cfg.batch_max_records, self.cfg.batch_max_bytes)?;
-                if !recs.is_empty() {
-                    break recs;
-                }
-                if done > committed && last_commit.elapsed() >= interval {
-                    self.commit(done).await?;
-                    committed = done;
-                    last_commit = Instant::now();
-                }
-                let commit_at = (done > committed).then(|| last_commit + interval);
-                // While idle, keep a connection and check it every `metadata_refresh_ms`, so the
-                // status tells whether Kafka is reachable.
-                let connect_at = match &self.session {
-                    None => Some(next_connect),
-                    Some(s) => {
-                        Some(s.refreshed + Duration::from_millis(self.cfg.metadata_refresh_ms))
-                    }
-                };
-                tokio::select! {
-                    _ = shutdown.wait() => {
-                        if done > committed {
-                            self.commit(done).await?;
-                        }
-                        return Ok(());
-                    }
-                    r = reader.wait() => match r {
-                        Ok(()) => {}
-                        Err(edge_buffer::Error::Closed) => {
-                            if done > committed {
-                                self.commit(done).await?;
+            let prepared = match ahead.take() {
+                Some(Ahead::Prepared(p)) => p,
+                other => {
+                    let first = match other {
+                        Some(Ahead::Partial(recs)) => recs,
+                        _ => Vec::new(),
+                    };
+                    // Wait for records; commit finished work when idle (at most once per interval).
+                    let first = if first.is_empty() {
+                        loop {
+                            let recs = reader
+                                .read_batch(self.cfg.batch_max_records, self.cfg.batch_max_bytes)?;
+                            if !recs.is_empty() {
+                                break recs;
                             }
-                            return Ok(());
+                            if done > committed && last_commit.elapsed() >= interval {
+                                self.commit(done).await?;
+                                committed = done;
+                                last_commit = Instant::now();
+                            }
+                            let commit_at = (done > committed).then(|| last_commit + interval);
+                            // While idle, keep a connection and check it every
+                            // `metadata_refresh_ms`, so the status tells whether Kafka is reachable.
+                            let connect_at = match &self.session {
+                                None => Some(next_connect),
+                                Some(s) => Some(
+                                    s.refreshed
+                                        + Duration::from_millis(self.cfg.metadata_refresh_ms),
+                                ),
+                            };
+                            tokio::select! {
+                                _ = shutdown.wait() => {
+                                    if done > committed {
+                                        self.commit(done).await?;
+                                    }
+                                    return Ok(());
+                                }
+                                r = reader.wait() => match r {
+                                    Ok(()) => {}
+                                    Err(edge_buffer::Error::Closed) => {
+                                        if done > committed {
+                                            self.commit(done).await?;
+                                        }
+                                        return Ok(());
+                                    }
+                                    Err(e) => return Err(e.into()),
+                                },
+                                _ = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
+                                _ = sleep_until(connect_at.unwrap_or_else(Instant::now)), if connect_at.is_some() => {
+                                    next_connect = self.connect_idle(&mut shutdown).await;
+                                }
+                            }
                         }
-                        Err(e) => return Err(e.into()),
-                    },
-                    _ = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
-                    _ = sleep_until(connect_at.unwrap_or_else(Instant::now)), if connect_at.is_some() => {
-                        next_connect = self.connect_idle(&mut shutdown).await;
+                    } else {
+                        first
+                    };
+                    let batch = self.linger(&mut reader, first).await?;
+                    self.status.missed(reader.missed());
+                    let mut router = self.router.lock().unwrap_or_else(|e| e.into_inner());
+                    match prepare(&mut router, &self.status, self.cfg.max_record_bytes, batch) {
+                        Some(p) => p,
+                        None => continue,
                     }
                 }
             };
-            let batch = self.linger(&mut reader, first).await?;
-            self.status.missed(reader.missed());
-            let (Some(head), Some(tail)) = (batch.first(), batch.last()) else {
-                continue;
+            self.status.pending_from(prepared.head_timestamp_ms);
+            let end = prepared.end;
+            // The next batch is read and routed on another thread while this one is delivered:
+            // the broker's work on this batch overlaps ours on the next.
+            let read_ahead = {
+                let router = Arc::clone(&self.router);
+                let status = Arc::clone(&self.status);
+                let (max_records, max_bytes) =
+                    (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
+                let max_record_bytes = self.cfg.max_record_bytes;
+                let mut reader = reader;
+                tokio::task::spawn_blocking(move || {
+                    let next = read_ahead(
+                        &mut reader,
+                        &router,
+                        &status,
+                        (max_records, max_bytes),
+                        max_record_bytes,
+                    );
+                    (reader, next)
+                })
             };
-            self.status.pending_from(head.timestamp_ms);
-            let end = tail.offset + 1;
-            match self.deliver(batch, &mut shutdown).await? {
+            let (delivered, read) = tokio::join!(
+                self.deliver(prepared.start, prepared.built, &mut shutdown),
+                read_ahead
+            );
+            let (r, next) =
+                read.map_err(|e| UplinkError::Internal(format!("read-ahead task failed: {e}")))?;
+            reader = r;
+            ahead = next?;
+            match delivered? {
                 Ok(()) => {
                     done = end;
                     self.status.progressed(done);
@@ -536,40 +641,14 @@ impl Uplink {
         Ok(batch)
     }
 
-    /// Delivers one batch. `Ok(Ok(()))`: every record acknowledged or dead-lettered.
+    /// Delivers one batch's records (`start`: the batch's first buffer offset).
+    /// `Ok(Ok(()))`: every record acknowledged or dead-lettered.
     async fn deliver(
         &mut self,
-        batch: Vec<StoredRecord>,
+        start: u64,
+        built: Vec<Built>,
         shutdown: &mut Shutdown,
     ) -> Result<Result<(), Interrupted>, UplinkError> {
-        let start = batch.first().map(|r| r.offset).unwrap_or(0);
-        let mut built: Vec<Built> = Vec::with_capacity(batch.len());
-        for rec in &batch {
-            let event = match Event::decode(&rec.payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.dead_letter(rec.offset, "", &format!("undecodable buffer record: {e}"));
-                    continue;
-                }
-            };
-            match self.router.route(&event, rec.offset, rec.timestamp_ms) {
-                Routed::Dropped => self.status.dropped_unmatched(1),
-                Routed::Records(v) => {
-                    for b in v {
-                        if b.size > self.cfg.max_record_bytes {
-                            let reason = format!(
-                                "record of {} bytes exceeds max_record_bytes ({})",
-                                b.size, self.cfg.max_record_bytes
-                            );
-                            self.dead_letter(b.offset, &b.topic, &reason);
-                        } else {
-                            built.push(b);
-                        }
-                    }
-                }
-            }
-        }
-        drop(batch);
         if built.is_empty() {
             return Ok(Ok(()));
         }
@@ -606,11 +685,14 @@ impl Uplink {
             let n = match resolved.get(&b.topic) {
                 Some(Resolution::Partitions(n)) => *n,
                 Some(Resolution::Missing(reason)) => {
-                    self.dead_letter(b.offset, &b.topic, reason);
+                    warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                    self.status.dead_letter(b.offset, &b.topic, reason);
                     continue;
                 }
                 None => {
-                    self.dead_letter(b.offset, &b.topic, "topic was not resolved");
+                    let reason = "topic was not resolved";
+                    warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                    self.status.dead_letter(b.offset, &b.topic, reason);
                     continue;
                 }
             };
@@ -626,7 +708,11 @@ impl Uplink {
         // Records an earlier run may have sent: what the partition's tail proved (or read it
         // before the first send).
         for g in &mut groups {
-            let first = g.chunks.front().and_then(|c| c.first()).map(|b| b.offset);
+            let first = g
+                .chunks
+                .front()
+                .and_then(|c| c.records.first())
+                .map(|b| b.offset);
             if first.is_some_and(|o| o < self.resume_until) {
                 g.check_below = self.resume_until;
                 let key = (Arc::clone(&g.topic), g.partition);
@@ -678,21 +764,30 @@ impl Uplink {
                 let status = &self.status;
                 let compression = self.compression;
                 let request_timeout = self.timeout();
+                let max_in_flight = self.cfg.max_in_flight_requests;
                 let work = groups
                     .iter_mut()
                     .filter(|g| !g.chunks.is_empty() && g.check_below == 0)
                     .filter_map(|g| {
                         let key = (Arc::clone(&g.topic), g.partition);
                         let pc = clients.get(&key).cloned()?;
-                        let produce = move |records: Vec<Record>, stamp: SequenceStamp| {
+                        let produce = move |_: &[Built], _: SequenceStamp, batch: &EncodedBatch| {
                             let pc = Arc::clone(&pc);
-                            async move { pc.produce_idempotent(records, compression, stamp).await }
+                            let batch = batch.clone();
+                            async move { pc.produce_encoded(&batch).await }
                         };
                         Some(async move {
-                            (
-                                key,
-                                deliver_group(g, produce, sequences, status, request_timeout).await,
+                            let r = deliver_group(
+                                g,
+                                produce,
+                                sequences,
+                                status,
+                                request_timeout,
+                                compression,
+                                max_in_flight,
                             )
+                            .await;
+                            (key, r)
                         })
                     });
                 let mut all = std::pin::pin!(futures::future::join_all(work));
@@ -742,7 +837,8 @@ impl Uplink {
                     Ok(Some(reason)) => {
                         for g in groups.iter_mut().filter(|g| g.topic == topic) {
                             g.unstamp();
-                            for b in g.chunks.drain(..).flatten() {
+                            g.check_below = 0;
+                            for b in g.chunks.drain(..).flat_map(|c| c.records) {
                                 self.status.dead_letter(b.offset, &b.topic, &reason);
                                 warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
                             }
@@ -758,7 +854,8 @@ impl Uplink {
             }
             if groups
                 .iter()
-                .any(|g| g.stamped_timeouts >= MAX_STAMPED_TIMEOUTS)
+                .flat_map(|g| &g.chunks)
+                .any(|c| c.timeouts >= MAX_STAMPED_TIMEOUTS)
             {
                 // Let the rechunk below split the chunk that keeps timing out.
                 refused = true;
@@ -955,11 +1052,6 @@ impl Uplink {
             // Start over from the bootstrap servers: new connections, fresh metadata.
             self.session = None;
         }
-    }
-
-    fn dead_letter(&self, offset: u64, topic: &str, reason: &str) {
-        warn!(offset, topic, reason, "uplink dead-lettered a record");
-        self.status.dead_letter(offset, topic, reason);
     }
 
     /// Records a failure, backs off (unless shut down meanwhile). Returns true on shutdown.
@@ -1171,7 +1263,8 @@ fn inner_deadline(cfg: &UplinkConfig) -> Duration {
 fn pending_start(groups: &[Group]) -> Option<u64> {
     groups
         .iter()
-        .filter_map(|g| g.chunks.front().and_then(|c| c.first()).map(|b| b.offset))
+        .filter_map(|g| g.chunks.front().and_then(|c| c.records.first()))
+        .map(|b| b.offset)
         .min()
 }
 
@@ -1235,105 +1328,276 @@ async fn probe(
     }
 }
 
+/// A batch decoded and routed, ready to deliver.
+struct Prepared {
+    /// Buffer offsets `start..end`.
+    start: u64,
+    end: u64,
+    head_timestamp_ms: i64,
+    built: Vec<Built>,
+}
+
+/// What the read-ahead found.
+enum Ahead {
+    Prepared(Prepared),
+    /// Fewer records than a full batch: topped up (linger) before it is routed.
+    Partial(Vec<StoredRecord>),
+}
+
+/// Reads the next batch if the log has records; routes it if it is full (a backlog).
+fn read_ahead(
+    reader: &mut Reader,
+    router: &std::sync::Mutex<Router>,
+    status: &UplinkStatus,
+    (max_records, max_bytes): (usize, usize),
+    max_record_bytes: usize,
+) -> Result<Option<Ahead>, UplinkError> {
+    let batch = reader.read_batch(max_records, max_bytes)?;
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    status.missed(reader.missed());
+    let bytes: usize = batch.iter().map(|r| r.payload.len()).sum();
+    if batch.len() < max_records && bytes < max_bytes {
+        return Ok(Some(Ahead::Partial(batch)));
+    }
+    let mut router = router.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(prepare(&mut router, status, max_record_bytes, batch).map(Ahead::Prepared))
+}
+
+/// Decodes and routes a batch; undecodable and oversized records are dead-lettered here.
+fn prepare(
+    router: &mut Router,
+    status: &UplinkStatus,
+    max_record_bytes: usize,
+    batch: Vec<StoredRecord>,
+) -> Option<Prepared> {
+    let (start, end, head_timestamp_ms) = match (batch.first(), batch.last()) {
+        (Some(h), Some(t)) => (h.offset, t.offset + 1, h.timestamp_ms),
+        _ => return None,
+    };
+    let dead_letter = |offset: u64, topic: &str, reason: &str| {
+        warn!(offset, topic, reason, "uplink dead-lettered a record");
+        status.dead_letter(offset, topic, reason);
+    };
+    let mut built: Vec<Built> = Vec::with_capacity(batch.len());
+    for rec in &batch {
+        let event = match Event::decode(&rec.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                dead_letter(rec.offset, "", &format!("undecodable buffer record: {e}"));
+                continue;
+            }
+        };
+        match router.route(&event, rec.offset, rec.timestamp_ms) {
+            Routed::Dropped => status.dropped_unmatched(1),
+            Routed::Records(v) => {
+                for b in v {
+                    if b.size > max_record_bytes {
+                        let reason = format!(
+                            "record of {} bytes exceeds max_record_bytes ({max_record_bytes})",
+                            b.size
+                        );
+                        dead_letter(b.offset, &b.topic, &reason);
+                    } else {
+                        built.push(b);
+                    }
+                }
+            }
+        }
+    }
+    Some(Prepared {
+        start,
+        end,
+        head_timestamp_ms,
+        built,
+    })
+}
+
 /// Sends a group's chunks in order with `produce` (a partition client's, or a fake in tests),
-/// each stamped with the producer identity and the partition's next sequence numbers from
-/// `sequences` when it is first sent.
+/// up to `max_in_flight` requests at once. Each chunk is stamped with the producer identity and
+/// the partition's next sequence numbers from `sequences`, and encoded, when it is first sent;
+/// a resend reuses those bytes.
+///
+/// Order: the leader appends a stamped batch only right after the one before it (sequence
+/// check), so no chunk can be written ahead of an earlier one that was not. Answers are taken
+/// in sending order; a chunk acknowledged behind one that failed stays in the group as
+/// acknowledged and leaves it (is counted forwarded) only when everything before it did. After
+/// the first failure nothing new is sent; the requests in flight are awaited, and chunks whose
+/// answer was an error keep their stamps for the next round (an earlier chunk's failure makes
+/// the broker refuse the later ones as out of order; resent in order with the same stamps they
+/// are taken).
+#[allow(clippy::too_many_arguments)]
 async fn deliver_group<P, F>(
     g: &mut Group,
     produce: P,
     sequences: &std::sync::Mutex<ProducerSequences>,
     status: &UplinkStatus,
     request_timeout: Duration,
+    compression: Compression,
+    max_in_flight: usize,
 ) -> GroupResult
 where
-    P: Fn(Vec<Record>, SequenceStamp) -> F,
+    P: Fn(&[Built], SequenceStamp, &EncodedBatch) -> F,
     F: Future<Output = Result<IdempotentAck, KafkaError>>,
 {
     let lock = || sequences.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(chunk) = g.chunks.front() {
-        let stamp = match g.stamp {
-            Some(s) => s,
-            None => {
-                let s = lock().stamp(&g.topic, g.partition, chunk.len());
-                g.stamp = Some(s);
-                s
-            }
-        };
-        let records = chunk.iter().map(|b| b.record.clone()).collect();
-        status.request();
-        let r = timeout(request_timeout, produce(records, stamp)).await;
-        match r {
-            Err(_) => {
-                g.in_doubt = true;
-                g.stamped_timeouts += 1;
-                return GroupResult::TimedOut(format!(
-                    "produce to {}/{} timed out after {request_timeout:?}",
-                    g.topic, g.partition
-                ));
-            }
-            Ok(Ok(ack)) => {
-                g.stamp = None;
-                g.in_doubt = false;
-                g.stamped_timeouts = 0;
-                if let Some(chunk) = g.chunks.pop_front() {
-                    if ack == IdempotentAck::Duplicate {
-                        status.duplicates_suppressed(chunk.len() as u64);
+    let mut in_flight = FuturesOrdered::new();
+    // Index of the next chunk to send; chunks are released from the front only at the end, so
+    // indices stay valid.
+    let mut next = 0usize;
+    let mut failure: Option<GroupResult> = None;
+    // The first failure was a rejection of the chunk at this index (too large, invalid).
+    let mut rejected: Option<(usize, String)> = None;
+    // The first failure: the topic may not be written.
+    let mut topic_rejected: Option<String> = None;
+    loop {
+        while failure.is_none()
+            && rejected.is_none()
+            && topic_rejected.is_none()
+            && in_flight.len() < max_in_flight.max(1)
+            && next < g.chunks.len()
+        {
+            let i = next;
+            next += 1;
+            let chunk = &mut g.chunks[i];
+            if matches!(chunk.state, ChunkState::Unsent) {
+                let stamp = lock().stamp(&g.topic, g.partition, chunk.records.len());
+                let refs: Vec<&Record> = chunk.records.iter().map(|b| &b.record).collect();
+                match EncodedBatch::new(&refs, compression, Some(stamp)) {
+                    Ok(batch) => {
+                        chunk.state = ChunkState::Sent {
+                            stamp,
+                            batch,
+                            in_doubt: false,
+                        };
                     }
-                    for b in &chunk {
-                        status.forwarded(b.origin, 1, b.size as u64);
+                    Err(e) => {
+                        lock().release(&g.topic, g.partition, stamp, chunk.records.len());
+                        rejected = Some((i, format!("encoding the records: {}", chain(&e))));
+                        continue;
                     }
                 }
             }
-            Ok(Err(e)) => match classify(&e) {
-                ProduceVerdict::Reject(m) => {
-                    // Not written: its sequence numbers go to the records sent in its place.
-                    lock().release(&g.topic, g.partition, stamp, chunk.len());
-                    g.stamp = None;
-                    g.in_doubt = false;
-                    let Some(mut chunk) = g.chunks.pop_front() else {
-                        continue;
-                    };
-                    if chunk.len() > 1 {
-                        // Find the culprit: retry both halves, in order.
-                        let second = chunk.split_off(chunk.len() / 2);
-                        g.chunks.push_front(second);
-                        g.chunks.push_front(chunk);
-                    } else {
-                        for b in chunk {
-                            let reason = format!("rejected by the broker: {m}");
-                            warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
-                            status.dead_letter(b.offset, &b.topic, &reason);
+            let ChunkState::Sent { stamp, batch, .. } = &chunk.state else {
+                continue; // acknowledged in an earlier round
+            };
+            status.request();
+            let request = timeout(request_timeout, produce(&chunk.records, *stamp, batch));
+            in_flight.push_back(async move { (i, request.await) });
+        }
+        if let Some((i, r)) = in_flight.next().await {
+            // An encoding failure is noted when sending, before earlier chunks are answered.
+            let first = failure.is_none()
+                && topic_rejected.is_none()
+                && rejected.as_ref().is_none_or(|(j, _)| i < *j);
+            let chunk = &mut g.chunks[i];
+            let ChunkState::Sent { in_doubt, .. } = &mut chunk.state else {
+                continue;
+            };
+            match r {
+                Err(_) => {
+                    *in_doubt = true;
+                    chunk.timeouts += 1;
+                    if first {
+                        failure = Some(GroupResult::TimedOut(format!(
+                            "produce to {}/{} timed out after {request_timeout:?}",
+                            g.topic, g.partition
+                        )));
+                    }
+                }
+                Ok(Ok(ack)) => {
+                    if ack == IdempotentAck::Duplicate {
+                        status.duplicates_suppressed(chunk.records.len() as u64);
+                    }
+                    chunk.state = ChunkState::Acked;
+                    chunk.timeouts = 0;
+                }
+                Ok(Err(e)) => {
+                    // A broken connection may have lost the answer, not the request.
+                    if !matches!(e, KafkaError::ServerError { .. }) {
+                        *in_doubt = true;
+                    }
+                    // After an earlier failure, an error is most likely the refusal of a
+                    // batch out of order behind it: the chunk keeps its stamp.
+                    if first {
+                        let at = |m: String| format!("produce to {}/{}: {m}", g.topic, g.partition);
+                        match classify(&e) {
+                            ProduceVerdict::Reject(m) => rejected = Some((i, m)),
+                            ProduceVerdict::TopicRejected(m) => topic_rejected = Some(m),
+                            ProduceVerdict::TopicMissing(m) => {
+                                failure = Some(GroupResult::TopicMissing(m));
+                            }
+                            ProduceVerdict::Sequence(m) => {
+                                failure = Some(GroupResult::Sequence(at(m)));
+                            }
+                            ProduceVerdict::Transient(m) => {
+                                failure = Some(GroupResult::Transient(at(m)));
+                            }
                         }
                     }
                 }
-                ProduceVerdict::TopicRejected(m) => {
-                    lock().release(&g.topic, g.partition, stamp, chunk.len());
-                    g.unstamp();
-                    let reason = format!("topic {} rejected the records: {m}", g.topic);
-                    for b in g.chunks.drain(..).flatten() {
-                        warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
-                        status.dead_letter(b.offset, &b.topic, &reason);
-                    }
+            }
+            if !in_flight.is_empty() {
+                continue;
+            }
+        }
+        // Everything sent was answered: settle a rejection, then go on or stop.
+        if let Some((i, m)) = rejected.take() {
+            let n = g.chunks[i].records.len();
+            // Not written: its sequence numbers go to the records sent in its place (only
+            // possible if no later chunk took numbers after it).
+            let released = match g.chunks[i].state {
+                ChunkState::Sent { stamp, .. } => lock().release(&g.topic, g.partition, stamp, n),
+                _ => true,
+            };
+            let later_stamped = g.chunks.iter().skip(i + 1).any(Chunk::is_sent);
+            let mut chunk = std::mem::replace(&mut g.chunks[i], Chunk::new(Vec::new()));
+            if chunk.records.len() > 1 {
+                // Find the culprit: retry both halves, in order.
+                let second = chunk.records.split_off(chunk.records.len() / 2);
+                g.chunks[i] = Chunk::new(chunk.records);
+                g.chunks.insert(i + 1, Chunk::new(second));
+            } else {
+                for b in chunk.records.drain(..) {
+                    let reason = format!("rejected by the broker: {m}");
+                    warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                    status.dead_letter(b.offset, &b.topic, &reason);
                 }
-                ProduceVerdict::TopicMissing(m) => return GroupResult::TopicMissing(m),
-                ProduceVerdict::Sequence(m) => {
-                    return GroupResult::Sequence(format!(
-                        "produce to {}/{}: {m}",
-                        g.topic, g.partition
-                    ));
+                g.chunks.remove(i);
+            }
+            next = i;
+            if !released || later_stamped {
+                // Later chunks carry sequence numbers after the gap: the leader would refuse
+                // them; restamp everything under a new identity.
+                failure = Some(GroupResult::Sequence(format!(
+                    "produce to {}/{}: a batch was rejected ({m}) with later batches stamped after it",
+                    g.topic, g.partition
+                )));
+            }
+        }
+        if let Some(m) = topic_rejected.take() {
+            let reason = format!("topic {} rejected the records: {m}", g.topic);
+            g.unstamp();
+            g.check_below = 0;
+            for c in g.chunks.iter_mut() {
+                if matches!(c.state, ChunkState::Acked) {
+                    continue;
                 }
-                ProduceVerdict::Transient(m) => {
-                    // A broken connection may have lost the answer, not the request.
-                    g.in_doubt |= !matches!(e, KafkaError::ServerError { .. });
-                    return GroupResult::Transient(format!(
-                        "produce to {}/{}: {m}",
-                        g.topic, g.partition
-                    ));
+                for b in c.records.drain(..) {
+                    warn!(offset = b.offset, topic = %b.topic, %reason, "uplink dead-lettered a record");
+                    status.dead_letter(b.offset, &b.topic, &reason);
                 }
-            },
+            }
+            g.chunks.retain(|c| !c.records.is_empty());
+            next = g.chunks.len();
+        }
+        if failure.is_some() || next >= g.chunks.len() {
+            break;
         }
     }
-    GroupResult::Done
+    g.release_acked(status);
+    failure.unwrap_or(GroupResult::Done)
 }
 
 #[cfg(test)]
@@ -1388,7 +1652,7 @@ mod tests {
             .map(|(i, v)| built(i as u64, v))
             .collect();
         for c in all.chunks(per_chunk) {
-            chunks.push_back(c.to_vec());
+            chunks.push_back(Chunk::new(c.to_vec()));
         }
         Group {
             chunks,
@@ -1404,11 +1668,49 @@ mod tests {
         Ok(IdempotentAck::Appended { base_offset: 0 })
     }
 
-    fn values(records: &[Record]) -> Vec<String> {
+    fn values(records: &[Built]) -> Vec<String> {
         records
             .iter()
-            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned())
+            .map(|b| {
+                String::from_utf8_lossy(b.record.value.as_deref().unwrap_or_default()).into_owned()
+            })
             .collect()
+    }
+
+    fn offsets(g: &Group) -> Vec<u64> {
+        g.chunks
+            .iter()
+            .flat_map(|c| &c.records)
+            .map(|b| b.offset)
+            .collect()
+    }
+
+    fn in_doubt(c: &Chunk) -> bool {
+        matches!(c.state, ChunkState::Sent { in_doubt: true, .. })
+    }
+
+    /// Delivers with one request in flight (the order of calls is the order of answers).
+    async fn deliver_one_by_one<P, F>(
+        g: &mut Group,
+        produce: P,
+        sequences: &std::sync::Mutex<ProducerSequences>,
+        status: &UplinkStatus,
+        request_timeout: Duration,
+    ) -> GroupResult
+    where
+        P: Fn(&[Built], SequenceStamp, &EncodedBatch) -> F,
+        F: Future<Output = Result<IdempotentAck, KafkaError>>,
+    {
+        deliver_group(
+            g,
+            produce,
+            sequences,
+            status,
+            request_timeout,
+            Compression::NoCompression,
+            1,
+        )
+        .await
     }
 
     /// A broker that rejects any request holding a "BAD" record as too large, and the
@@ -1417,8 +1719,8 @@ mod tests {
     async fn too_large_requests_are_split_until_the_culprit_is_dead_lettered() {
         let seen = std::sync::Mutex::new(Vec::<Vec<String>>::new());
         let stamps = std::sync::Mutex::new(Vec::<i32>::new());
-        let produce = |records: Vec<Record>, stamp: SequenceStamp| {
-            let v = values(&records);
+        let produce = |records: &[Built], stamp: SequenceStamp, _: &EncodedBatch| {
+            let v = values(records);
             let bad = v.iter().any(|s| s == "BAD");
             seen.lock().expect("lock").push(v);
             if !bad {
@@ -1435,7 +1737,7 @@ mod tests {
         let status = UplinkStatus::new();
         let seqs = sequences();
         let mut g = group(&["a", "b", "c", "d", "BAD", "f", "g", "h"], 8);
-        let r = deliver_group(&mut g, produce, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert!(g.chunks.is_empty());
         let s = status.snapshot();
@@ -1459,7 +1761,7 @@ mod tests {
     #[tokio::test]
     async fn transient_errors_keep_the_rest_in_order_for_the_next_round() {
         let calls = std::sync::atomic::AtomicUsize::new(0);
-        let produce = |_records: Vec<Record>, _stamp: SequenceStamp| {
+        let produce = |_records: &[Built], _stamp: SequenceStamp, _: &EncodedBatch| {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if n == 1 {
@@ -1472,12 +1774,12 @@ mod tests {
         let seqs = sequences();
         let status = UplinkStatus::new();
         let mut g = group(&["a", "b", "c", "d", "e", "f"], 2);
-        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Transient(_)));
         // The first chunk went; the second failed and stays first in line.
-        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        let left: Vec<u64> = offsets(&g);
         assert_eq!(left, [2, 3, 4, 5]);
-        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert_eq!(status.snapshot().forwarded_records, 6);
     }
@@ -1487,16 +1789,16 @@ mod tests {
         let status = UplinkStatus::new();
         let mut g = group(&["a", "b"], 1);
         let seqs = sequences();
-        let missing = |_r: Vec<Record>, _s: SequenceStamp| async {
+        let missing = |_r: &[Built], _s: SequenceStamp, _b: &EncodedBatch| async {
             Err::<IdempotentAck, _>(server_error(ProtocolError::UnknownTopicOrPartition))
         };
-        let r = deliver_group(&mut g, missing, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, missing, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::TopicMissing(_)));
         assert_eq!(g.chunks.len(), 2);
-        let denied = |_r: Vec<Record>, _s: SequenceStamp| async {
+        let denied = |_r: &[Built], _s: SequenceStamp, _b: &EncodedBatch| async {
             Err::<IdempotentAck, _>(server_error(ProtocolError::TopicAuthorizationFailed))
         };
-        let r = deliver_group(&mut g, denied, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, denied, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         assert_eq!(status.snapshot().dead_lettered, 2);
     }
@@ -1506,13 +1808,13 @@ mod tests {
         let status = UplinkStatus::new();
         let mut g = group(&["a"], 1);
         let seqs = sequences();
-        let hang = |_r: Vec<Record>, _s: SequenceStamp| {
+        let hang = |_r: &[Built], _s: SequenceStamp, _b: &EncodedBatch| {
             std::future::pending::<Result<IdempotentAck, KafkaError>>()
         };
-        let r = deliver_group(&mut g, hang, &seqs, &status, Duration::from_millis(50)).await;
+        let r = deliver_one_by_one(&mut g, hang, &seqs, &status, Duration::from_millis(50)).await;
         assert!(matches!(r, GroupResult::TimedOut(m) if m.contains("timed out")));
         assert_eq!(g.chunks.len(), 1);
-        assert!(g.in_doubt);
+        assert!(in_doubt(&g.chunks[0]));
     }
 
     /// KIP-98: a batch whose outcome is unknown goes again with the same records and stamp,
@@ -1524,10 +1826,10 @@ mod tests {
         let mut g = group(&["a", "b", "c", "d"], 2);
         let sent = std::sync::Mutex::new(Vec::<(Vec<String>, i32)>::new());
         let calls = std::sync::atomic::AtomicUsize::new(0);
-        let produce = |records: Vec<Record>, stamp: SequenceStamp| {
+        let produce = |records: &[Built], stamp: SequenceStamp, _: &EncodedBatch| {
             sent.lock()
                 .expect("lock")
-                .push((values(&records), stamp.base_sequence));
+                .push((values(records), stamp.base_sequence));
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move {
                 match n {
@@ -1538,12 +1840,13 @@ mod tests {
                 }
             }
         };
-        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_millis(50)).await;
+        let r =
+            deliver_one_by_one(&mut g, &produce, &seqs, &status, Duration::from_millis(50)).await;
         assert!(matches!(r, GroupResult::TimedOut(_)));
         // A smaller request limit must not split the chunk the broker may have.
         g.rechunk(1);
-        assert_eq!(g.chunks.front().map(Vec::len), Some(2));
-        let r = deliver_group(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
+        assert_eq!(g.chunks.front().map(|c| c.records.len()), Some(2));
+        let r = deliver_one_by_one(&mut g, &produce, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Done));
         let sent = sent.lock().expect("lock").clone();
         let expected: Vec<(Vec<String>, i32)> = vec![
@@ -1557,6 +1860,111 @@ mod tests {
         assert_eq!((s.forwarded_records, s.duplicates_suppressed), (4, 2));
     }
 
+    /// Up to `max_in_flight` requests go out before the first answer comes back: the fake
+    /// broker answers only when three requests wait at once (a single request in flight would
+    /// never be answered).
+    #[tokio::test]
+    async fn requests_are_pipelined_up_to_the_limit() {
+        let status = UplinkStatus::new();
+        let seqs = sequences();
+        let mut g = group(&["a", "b", "c", "d", "e", "f"], 1);
+        let barrier = Arc::new(tokio::sync::Barrier::new(3));
+        let stamps = std::sync::Mutex::new(Vec::<i32>::new());
+        let produce = |_r: &[Built], stamp: SequenceStamp, _b: &EncodedBatch| {
+            stamps.lock().expect("lock").push(stamp.base_sequence);
+            let barrier = Arc::clone(&barrier);
+            async move {
+                barrier.wait().await;
+                appended()
+            }
+        };
+        let r = timeout(
+            Duration::from_secs(5),
+            deliver_group(
+                &mut g,
+                produce,
+                &seqs,
+                &status,
+                Duration::from_secs(5),
+                Compression::Lz4,
+                3,
+            ),
+        )
+        .await
+        .expect("three requests were in flight at once");
+        assert!(matches!(r, GroupResult::Done));
+        assert!(g.chunks.is_empty());
+        assert_eq!(*stamps.lock().expect("lock"), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(status.snapshot().forwarded_records, 6);
+    }
+
+    /// The first of three requests in flight fails, the second is acknowledged, the third is
+    /// refused as out of order (as a leader would): nothing is counted forwarded past the
+    /// failure; the next round resends the first and third with their stamps, not the second.
+    #[tokio::test]
+    async fn an_earlier_failure_holds_back_later_acknowledgements() {
+        let status = UplinkStatus::new();
+        let seqs = sequences();
+        let mut g = group(&["a", "b", "c", "d", "e", "f"], 2);
+        let sent = std::sync::Mutex::new(Vec::<(Vec<String>, i32)>::new());
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let produce = |records: &[Built], stamp: SequenceStamp, _: &EncodedBatch| {
+            sent.lock()
+                .expect("lock")
+                .push((values(records), stamp.base_sequence));
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => Err(server_error(ProtocolError::NotLeaderOrFollower)),
+                    2 => Err(server_error(ProtocolError::OutOfOrderSequenceNumber)),
+                    _ => appended(),
+                }
+            }
+        };
+        let r = deliver_group(
+            &mut g,
+            &produce,
+            &seqs,
+            &status,
+            Duration::from_secs(5),
+            Compression::NoCompression,
+            5,
+        )
+        .await;
+        assert!(
+            matches!(r, GroupResult::Transient(_)),
+            "the first failure decides"
+        );
+        assert_eq!(status.snapshot().forwarded_records, 0);
+        assert_eq!(offsets(&g), [0, 1, 2, 3, 4, 5]);
+        assert!(matches!(g.chunks[1].state, ChunkState::Acked));
+        assert!(g.chunks[0].is_sent() && g.chunks[2].is_sent());
+        let r = deliver_group(
+            &mut g,
+            &produce,
+            &seqs,
+            &status,
+            Duration::from_secs(5),
+            Compression::NoCompression,
+            5,
+        )
+        .await;
+        assert!(matches!(r, GroupResult::Done));
+        assert!(g.chunks.is_empty());
+        let sent = sent.lock().expect("lock").clone();
+        let v = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        let expected: Vec<(Vec<String>, i32)> = vec![
+            (v("a", "b"), 0),
+            (v("c", "d"), 2),
+            (v("e", "f"), 4),
+            (v("a", "b"), 0),
+            (v("e", "f"), 4),
+        ];
+        assert_eq!(sent, expected);
+        let s = status.snapshot();
+        assert_eq!((s.forwarded_records, s.producer_resets), (6, 0));
+    }
+
     /// An out-of-order answer means the batch was not written: the group stops with its
     /// records, and after a new identity only a chunk in doubt is counted as unproven.
     #[tokio::test]
@@ -1564,22 +1972,25 @@ mod tests {
         let status = UplinkStatus::new();
         let seqs = sequences();
         let mut g = group(&["a", "b"], 2);
-        let refuse = |_r: Vec<Record>, _s: SequenceStamp| async {
+        let refuse = |_r: &[Built], _s: SequenceStamp, _b: &EncodedBatch| async {
             Err::<IdempotentAck, _>(server_error(ProtocolError::OutOfOrderSequenceNumber))
         };
-        let r = deliver_group(&mut g, refuse, &seqs, &status, Duration::from_secs(5)).await;
+        let r = deliver_one_by_one(&mut g, refuse, &seqs, &status, Duration::from_secs(5)).await;
         assert!(matches!(r, GroupResult::Sequence(_)));
         assert_eq!(g.chunks.len(), 1);
-        assert!(g.stamp.is_some() && !g.in_doubt);
+        assert!(g.chunks[0].is_sent() && !in_doubt(&g.chunks[0]));
         g.unstamp();
         assert_eq!(g.check_below, 0, "not written: no need to read the tail");
-        g.stamp = Some(SequenceStamp {
-            producer: ProducerIdentity { id: 7, epoch: 0 },
-            base_sequence: 0,
-        });
-        g.in_doubt = true;
+        g.chunks[0].state = ChunkState::Sent {
+            stamp: SequenceStamp {
+                producer: ProducerIdentity { id: 7, epoch: 0 },
+                base_sequence: 0,
+            },
+            batch: EncodedBatch::new(&[], Compression::NoCompression, None).expect("encode"),
+            in_doubt: true,
+        };
         g.unstamp();
-        assert!(g.stamp.is_none());
+        assert!(!g.chunks[0].is_sent());
         assert_eq!(
             g.check_below, 2,
             "in doubt: read the tail before sending offsets 0-1 again"
@@ -1592,18 +2003,18 @@ mod tests {
         let mut g = group(&["a", "b", "c", "d", "e"], 2);
         g.check_below = 4;
         assert_eq!(g.apply(&Tail::Proven(Some(2))), (3, 0));
-        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        let left: Vec<u64> = offsets(&g);
         assert_eq!(left, [3, 4]);
         assert_eq!(g.check_below, 0);
         // Offsets at or beyond check_below are never dropped, whatever the tail says.
         let mut g = group(&["a", "b", "c"], 3);
         g.check_below = 1;
         assert_eq!(g.apply(&Tail::Proven(Some(2))), (1, 0));
-        assert_eq!(g.chunks.iter().flatten().count(), 2);
+        assert_eq!(offsets(&g).len(), 2);
         let mut g = group(&["a", "b", "c"], 3);
         g.check_below = 2;
         assert_eq!(g.apply(&Tail::Unproven("x".into())), (0, 2));
-        assert_eq!(g.chunks.iter().flatten().count(), 3);
+        assert_eq!(offsets(&g).len(), 3);
         let mut g = group(&["a"], 1);
         g.check_below = 1;
         assert_eq!(g.apply(&Tail::Proven(None)), (0, 0));
@@ -1638,12 +2049,12 @@ mod tests {
         // The first chunk was sent; the rest is split smaller, in order.
         g.chunks.pop_front();
         g.rechunk(3 * size);
-        assert!(g.chunks.iter().all(|c| c.len() <= 3));
-        let left: Vec<u64> = g.chunks.iter().flatten().map(|b| b.offset).collect();
+        assert!(g.chunks.iter().all(|c| c.records.len() <= 3));
+        let left: Vec<u64> = offsets(&g);
         assert_eq!(left, (10..100).collect::<Vec<u64>>());
         // A record larger than the limit still goes, alone.
         g.rechunk(size / 2);
-        assert!(g.chunks.iter().all(|c| c.len() == 1));
+        assert!(g.chunks.iter().all(|c| c.records.len() == 1));
         assert_eq!(g.chunks.len(), 90);
     }
 

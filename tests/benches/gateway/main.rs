@@ -174,6 +174,9 @@ struct Bench {
 const INGEST_CONNS: usize = 8;
 const INGEST_WINDOW: usize = 128;
 const PAYLOAD: usize = 100;
+/// Live traffic while a backlog drains (`drain_with_live`), messages per second.
+const LIVE_RATE: f64 = 2_000.0;
+
 /// The latency consumer's `max_wait_ms` per fetch.
 const LATENCY_MAX_WAIT_MS: i32 = 1;
 
@@ -242,6 +245,9 @@ async fn run(opts: Opts) -> Result<()> {
     }
     if b.opts.wants("drain") {
         b.drain().await.context("drain")?;
+        b.drain_with_live()
+            .await
+            .context("drain with live traffic")?;
     }
     if b.opts.wants("latency") {
         b.latency().await.context("latency")?;
@@ -811,6 +817,184 @@ impl Bench {
              confluent-kafka time is kafka_tool.py's own elapsed_s (first produce to flush, linger 5 ms, \
              default in-flight pipelining; constant buffer_offset header), {py_wall:.1} s with Python \
              start-up; counts verified: {rs_got} and {py_got}"
+        ));
+        Ok(())
+    }
+
+    /// Fills a fresh buffer in `dir` with `n` records on `mqtt_topic`, uplink off. Returns the
+    /// seconds it took and the buffer's size in bytes.
+    async fn fill_backlog(&self, dir: &Path, n: u64, mqtt_topic: &str) -> Result<(f64, u64)> {
+        // fsync=interval only to fill faster; it is not measured.
+        let cfg = self.daemon_cfg("interval", 4 << 30, String::new());
+        let mut d = Daemon::start(&self.bin, dir, &cfg).await?;
+        let t = Instant::now();
+        let load = Load::start(LoadSpec {
+            addr: d.mqtt,
+            conns: INGEST_CONNS,
+            window: 256,
+            topic: mqtt_topic.into(),
+            client_prefix: "bench-fill".into(),
+            payload: Payload::Indexed { size: PAYLOAD },
+            rate: None,
+            limit: Limit::Count(n),
+        })
+        .await?;
+        load.finish(Duration::from_secs(600)).await?;
+        let fill_s = t.elapsed().as_secs_f64();
+        let st = d.status().await?;
+        d.stop().await?;
+        let records = num(&st, "/buffer/next_offset");
+        if records != n {
+            bail!("buffer holds {records} records after publishing {n}");
+        }
+        Ok((fill_s, num(&st, "/buffer/bytes")))
+    }
+
+    /// Live traffic at `LIVE_RATE` into a gateway whose uplink starts with a backlog of
+    /// `backlog` records (0: none), for as long as the backlog takes to drain (at least
+    /// `min_run`). Returns publish→PUBACK and publish→fetchable-in-Kafka latencies of the live
+    /// messages (µs, sorted), the seconds until the backlog was forwarded, and a note.
+    async fn live_round(
+        &self,
+        backlog: u64,
+        min_run: Duration,
+    ) -> Result<(Vec<u32>, Vec<u64>, f64, String)> {
+        let dir = scratch(&self.opts, "drain-live")?;
+        if backlog > 0 {
+            self.fill_backlog(dir.path(), backlog, "plant/bench/drain")
+                .await?;
+        }
+        let tansu = Tansu::start(Storage::Memory).await?;
+        kafka::create_topic(&tansu.bootstrap(), "drain", 1).await?;
+        kafka::create_topic(&tansu.bootstrap(), "live", 1).await?;
+        let pc = kafka::partition(&tansu.bootstrap(), "live", 0).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer = tokio::spawn(kafka::latency_consumer(
+            pc,
+            LATENCY_MAX_WAIT_MS,
+            0,
+            stop.clone(),
+            Duration::from_secs(600),
+        ));
+        let routes = "[[kafka.routes]]\nfilter = \"plant/bench/live/#\"\ntopic = \"live\"\n";
+        let cfg = self.daemon_cfg(
+            "always",
+            4 << 30,
+            kafka_table(&tansu.bootstrap(), "drain", routes),
+        );
+        let t0 = Instant::now();
+        let mut d = Daemon::start(&self.bin, dir.path(), &cfg).await?;
+        let load = Load::start(LoadSpec {
+            addr: d.mqtt,
+            conns: 2,
+            window: 4096,
+            topic: "plant/bench/live/{conn}".into(),
+            client_prefix: "bench-live".into(),
+            payload: Payload::Timestamped { size: PAYLOAD },
+            rate: Some(LIVE_RATE),
+            limit: Limit::Open,
+        })
+        .await?;
+        load.time_acks_from_now();
+        let deadline = t0 + Duration::from_secs(if self.opts.quick { 120 } else { 600 });
+        let drained_s = loop {
+            let st = d.status().await?;
+            let fwd = num(&st, "/uplink/forwarded_records");
+            if fwd >= backlog && num(&st, "/uplink/lag_records") == 0 || backlog == 0 {
+                break t0.elapsed().as_secs_f64();
+            }
+            if Instant::now() >= deadline {
+                bail!("drain with live traffic not finished: {fwd} forwarded; status {st}");
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(rest) = (t0 + min_run).checked_duration_since(Instant::now()) {
+            sleep(rest).await;
+        }
+        let acks = load.ack_latencies();
+        load.stop(Duration::from_secs(30)).await?;
+        let sent = load_sent_total(&d).await?;
+        let wait = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            let st = d.status().await?;
+            if num(&st, "/uplink/forwarded_records") >= sent || Instant::now() >= wait {
+                break st;
+            }
+            sleep(Duration::from_millis(20)).await;
+        };
+        d.stop().await?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let lat = consumer.await.context("consumer task")??;
+        drop(tansu);
+        let live = sent - backlog;
+        if lat.records != live {
+            bail!("live consumer saw {} of {live} live records", lat.records);
+        }
+        let mut e2e = lat.samples;
+        e2e.sort_unstable();
+        let note = format!(
+            "{live} live messages, {} produce requests, {} forwarded",
+            num(&st, "/uplink/produce_requests"),
+            num(&st, "/uplink/forwarded_records")
+        );
+        Ok((acks, e2e, drained_s, note))
+    }
+
+    /// Live traffic while a backlog drains, against the same live traffic with no backlog.
+    async fn drain_with_live(&mut self) -> Result<()> {
+        let n = self.plan.drain_records;
+        progress(format!(
+            "drain with live traffic: {LIVE_RATE:.0} msg/s while {n} records drain"
+        ));
+        let (acks, e2e, drained_s, note) = self.live_round(n, Duration::ZERO).await?;
+        let run = Duration::from_secs_f64(drained_s.max(3.0));
+        progress(format!(
+            "drain with live traffic: the same live traffic alone for {run:?}"
+        ));
+        let (acks0, e2e0, _, note0) = self.live_round(0, run).await?;
+        let q32 = |v: &[u32], p: f64| percentile_u32(v, p);
+        let what = format!(
+            "live traffic ({LIVE_RATE:.0} msg/s, {PAYLOAD} B, QoS 1) while a {n}-record backlog drains"
+        );
+        self.rows.push(Row {
+            what: format!("{what}: publish → PUBACK p99"),
+            ours: ms(q32(&acks, 0.99)),
+            baseline: format!("same traffic, no backlog: {}", ms(q32(&acks0, 0.99))),
+            ratio: format!(
+                "{:.2}× (ours/baseline time)",
+                q32(&acks, 0.99) as f64 / q32(&acks0, 0.99).max(1) as f64
+            ),
+            goal: "-".into(),
+        });
+        self.rows.push(Row {
+            what: format!("{what}: publish → fetchable in Kafka p99"),
+            ours: ms(percentile(&e2e, 0.99)),
+            baseline: format!("same traffic, no backlog: {}", ms(percentile(&e2e0, 0.99))),
+            ratio: format!(
+                "{:.2}× (ours/baseline time)",
+                percentile(&e2e, 0.99) as f64 / percentile(&e2e0, 0.99).max(1) as f64
+            ),
+            goal: "-".into(),
+        });
+        self.notes.push(format!(
+            "drain with live traffic: backlog forwarded {drained_s:.1} s after spawning the daemon \
+             ({:.0} rec/s, live records included); live publish→PUBACK p50/p99/max {}/{}/{} (no \
+             backlog: {}/{}/{}); live publish→fetchable p50/p99/max {}/{}/{} (no backlog: \
+             {}/{}/{}); one buffer, one cursor: live records queue behind the backlog; {note}; \
+             no backlog: {note0}",
+            n as f64 / drained_s,
+            ms(q32(&acks, 0.5)),
+            ms(q32(&acks, 0.99)),
+            ms(q32(&acks, 1.0)),
+            ms(q32(&acks0, 0.5)),
+            ms(q32(&acks0, 0.99)),
+            ms(q32(&acks0, 1.0)),
+            ms(percentile(&e2e, 0.5)),
+            ms(percentile(&e2e, 0.99)),
+            ms(percentile(&e2e, 1.0)),
+            ms(percentile(&e2e0, 0.5)),
+            ms(percentile(&e2e0, 0.99)),
+            ms(percentile(&e2e0, 1.0)),
         ));
         Ok(())
     }

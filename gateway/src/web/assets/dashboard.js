@@ -57,6 +57,13 @@ export async function render(main) {
         ["Since", fmtAgo(u.state_since_ms)],
         ["Forwarded", fmtNum(u.forwarded_records) + " records (" + fmtBytes(u.forwarded_bytes) + ")"],
         ["Retries", fmtNum(u.retries)],
+        // Exactly-once bookkeeping: the idempotent producer's identity, resends the broker
+        // recognised, records skipped after a restart because Kafka had them, and resends
+        // nothing could prove (at-least-once: possible duplicates).
+        ["Producer id / epoch", u.producer_id >= 0 ? u.producer_id + " / " + u.producer_epoch : "–"],
+        ["Duplicates suppressed", fmtNum(u.duplicates_suppressed)],
+        ["Skipped on resume", fmtNum(u.resume_skipped)],
+        ["Unproven resends", u.unproven_resends > 0 ? el("span", { class: "err", text: fmtNum(u.unproven_resends) }) : "0"],
         ["Last error", u.last_error ? u.last_error.message + " (" + fmtAgo(u.last_error.at_ms) + ")" : "none"],
       ]),
       u.reason ? el("div", { class: "reason", id: "uplink-reason" }, el("strong", { text: "Reason: " }), u.reason,

@@ -17,7 +17,7 @@ use crate::{
             ProduceRequestPartitionData, ProduceRequestTopicData, ProduceResponse,
         },
         primitives::*,
-        record::{Record as ProtocolRecord, *},
+        record::*,
     },
     record::{Record, RecordAndOffset},
     throttle::maybe_throttle,
@@ -204,10 +204,63 @@ impl PartitionClient {
         if records.is_empty() {
             return Ok(vec![]);
         }
+        let refs: Vec<&Record> = records.iter().collect();
+        let batch = EncodedBatch::new(&refs, compression, None)?;
+        drop(refs);
+        drop(records);
+        self.produce_batch(&batch).await
+    }
 
-        let n = records.len() as i64;
-        let request =
-            &build_produce_request(self.partition, &self.topic, records, compression, None);
+    /// Produce a batch of records as an idempotent producer (KIP-98): the batch carries the
+    /// producer identity and base sequence of `stamp`.
+    ///
+    /// After a timeout or a broken connection, send the same records with the same stamp
+    /// again: if the leader had appended them, it answers [`IdempotentAck::Duplicate`] (or,
+    /// Apache Kafka, the original offsets) instead of appending them twice. Errors for which
+    /// [`needs_new_identity`](super::idempotence::needs_new_identity) holds mean the batch was
+    /// not written. [`EncodedBatch`] + [`produce_encoded`](Self::produce_encoded) do the same
+    /// without encoding the records again for a resend.
+    pub async fn produce_idempotent(
+        &self,
+        records: Vec<Record>,
+        compression: Compression,
+        stamp: SequenceStamp,
+    ) -> Result<IdempotentAck> {
+        if records.is_empty() {
+            return Ok(IdempotentAck::Duplicate);
+        }
+        let refs: Vec<&Record> = records.iter().collect();
+        let batch = EncodedBatch::new(&refs, compression, Some(stamp))?;
+        drop(refs);
+        drop(records);
+        self.produce_encoded(&batch).await
+    }
+
+    /// Produce a batch encoded once with [`EncodedBatch::new`] (idempotent if it was stamped).
+    ///
+    /// Several calls may be in flight at once on the partition's connection; requests go out in
+    /// the order the calls first reach the connection, and the leader checks a stamped batch's
+    /// sequence, so a batch that would overtake an unwritten earlier one of the same producer is
+    /// refused (`OUT_OF_ORDER_SEQUENCE_NUMBER`), never appended out of order.
+    pub async fn produce_encoded(&self, batch: &EncodedBatch) -> Result<IdempotentAck> {
+        if batch.records == 0 {
+            return Ok(IdempotentAck::Duplicate);
+        }
+        match self.produce_batch(batch).await {
+            Ok(offsets) => Ok(IdempotentAck::Appended {
+                base_offset: offsets.first().copied().unwrap_or(-1),
+            }),
+            Err(Error::ServerError {
+                protocol_error: ProtocolError::DuplicateSequenceNumber,
+                ..
+            }) if batch.stamped => Ok(IdempotentAck::Duplicate),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn produce_batch(&self, batch: &EncodedBatch) -> Result<Vec<i64>> {
+        let n = batch.records as i64;
+        let request = &build_produce_request(self.partition, &self.topic, batch);
 
         maybe_retry(
             &self.backoff_config,
@@ -226,62 +279,6 @@ impl PartitionClient {
                 maybe_throttle(response.throttle_time_ms)?;
                 process_produce_response(self.partition, &self.topic, n, response)
                     .map_err(|e| ErrorOrThrottle::Error((e, Some(r#gen))))
-            },
-        )
-        .await
-    }
-
-    /// Produce a batch of records as an idempotent producer (KIP-98): the batch carries the
-    /// producer identity and base sequence of `stamp`.
-    ///
-    /// After a timeout or a broken connection, send the same records with the same stamp
-    /// again: if the leader had appended them, it answers [`IdempotentAck::Duplicate`] (or,
-    /// Apache Kafka, the original offsets) instead of appending them twice. Errors for which
-    /// [`needs_new_identity`](super::idempotence::needs_new_identity) holds mean the batch was
-    /// not written.
-    pub async fn produce_idempotent(
-        &self,
-        records: Vec<Record>,
-        compression: Compression,
-        stamp: SequenceStamp,
-    ) -> Result<IdempotentAck> {
-        if records.is_empty() {
-            return Ok(IdempotentAck::Duplicate);
-        }
-        let n = records.len() as i64;
-        let request = &build_produce_request(
-            self.partition,
-            &self.topic,
-            records,
-            compression,
-            Some(stamp),
-        );
-
-        maybe_retry(
-            &self.backoff_config,
-            self.unknown_topic_handling,
-            self,
-            "produce",
-            || async move {
-                let (broker, r#gen) = self
-                    .get()
-                    .await
-                    .map_err(|e| ErrorOrThrottle::Error((e, None)))?;
-                let response = broker
-                    .request(&request)
-                    .await
-                    .map_err(|e| ErrorOrThrottle::Error((e.into(), Some(r#gen))))?;
-                maybe_throttle(response.throttle_time_ms)?;
-                match process_produce_response(self.partition, &self.topic, n, response) {
-                    Ok(offsets) => Ok(IdempotentAck::Appended {
-                        base_offset: offsets.first().copied().unwrap_or(-1),
-                    }),
-                    Err(Error::ServerError {
-                        protocol_error: ProtocolError::DuplicateSequenceNumber,
-                        ..
-                    }) => Ok(IdempotentAck::Duplicate),
-                    Err(e) => Err(ErrorOrThrottle::Error((e, Some(r#gen)))),
-                }
             },
         )
         .await
@@ -704,48 +701,51 @@ where
         .map_err(Error::RetryFailed)?
 }
 
-fn build_produce_request(
-    partition: i32,
-    topic: &str,
-    records: Vec<Record>,
-    compression: Compression,
-    stamp: Option<SequenceStamp>,
-) -> ProduceRequest {
-    let n = records.len() as i32;
+/// A record batch encoded (and compressed) once, for one partition's produce requests: a resend
+/// of an idempotent batch must carry exactly the same records and stamp, and encoding them again
+/// for every attempt would cost a copy of the records and a compression run each time.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    bytes: bytes::Bytes,
+    records: usize,
+    stamped: bool,
+}
 
-    // TODO: Retry on failure
-
-    let first_timestamp = records.first().unwrap().timestamp;
-    let mut max_timestamp = first_timestamp;
-
-    let records = records
-        .into_iter()
-        .enumerate()
-        .map(|(offset_delta, record)| {
-            max_timestamp = max_timestamp.max(record.timestamp);
-
-            ProtocolRecord {
-                key: record.key,
-                value: record.value,
-                timestamp_delta: (record.timestamp - first_timestamp).num_milliseconds(),
-                offset_delta: offset_delta as i32,
-                headers: record
-                    .headers
-                    .into_iter()
-                    .map(|(key, value)| RecordHeader { key, value })
-                    .collect(),
-            }
-        })
-        .collect();
-
-    let record_batch = ProduceRequestPartitionData {
-        index: Int32(partition),
-        records: Records(vec![RecordBatch {
-            base_offset: 0,
-            partition_leader_epoch: 0,
-            last_offset_delta: n - 1,
-            is_transactional: false,
+impl EncodedBatch {
+    /// Encodes `records` (borrowed, not copied) as one record batch (message format v2), with the
+    /// producer identity and base sequence of `stamp` if given.
+    pub fn new(
+        records: &[&Record],
+        compression: Compression,
+        stamp: Option<SequenceStamp>,
+    ) -> Result<Self> {
+        let (Some(first), Some(last_offset_delta)) = (
+            records.first(),
+            i32::try_from(records.len()).ok().and_then(|n| n.checked_sub(1)),
+        ) else {
+            return Ok(Self {
+                bytes: bytes::Bytes::new(),
+                records: 0,
+                stamped: stamp.is_some(),
+            });
+        };
+        let first_timestamp = first.timestamp.timestamp_millis();
+        let max_timestamp = records
+            .iter()
+            .map(|r| r.timestamp.timestamp_millis())
+            .max()
+            .unwrap_or(first_timestamp);
+        let body = RecordBatchBodyRef {
+            last_offset_delta,
+            first_timestamp,
+            max_timestamp,
+            producer_id: stamp.map_or(-1, |s| s.producer.id),
+            producer_epoch: stamp.map_or(-1, |s| s.producer.epoch),
             base_sequence: stamp.map_or(-1, |s| s.base_sequence),
+            records: RecordsRef::Client {
+                records,
+                first_timestamp,
+            },
             compression: match compression {
                 Compression::NoCompression => RecordBatchCompression::NoCompression,
                 #[cfg(feature = "compression-gzip")]
@@ -757,13 +757,37 @@ fn build_produce_request(
                 #[cfg(feature = "compression-zstd")]
                 Compression::Zstd => RecordBatchCompression::Zstd,
             },
+            is_transactional: false,
             timestamp_type: RecordBatchTimestampType::CreateTime,
-            producer_id: stamp.map_or(-1, |s| s.producer.id),
-            producer_epoch: stamp.map_or(-1, |s| s.producer.epoch),
-            first_timestamp: first_timestamp.timestamp_millis(),
-            max_timestamp: max_timestamp.timestamp_millis(),
-            records: ControlBatchOrRecords::Records(records),
-        }]),
+        };
+        let mut buf = Vec::new();
+        write_record_batch(&mut buf, 0, 0, &body).map_err(|e| {
+            Error::Request(RequestError::WriteError(
+                crate::protocol::messages::WriteVersionedError::WriteError(e),
+            ))
+        })?;
+        Ok(Self {
+            bytes: bytes::Bytes::from(buf),
+            records: records.len(),
+            stamped: stamp.is_some(),
+        })
+    }
+
+    /// Number of records in the batch.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Encoded size in bytes (after compression).
+    pub fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn build_produce_request(partition: i32, topic: &str, batch: &EncodedBatch) -> ProduceRequest {
+    let record_batch = ProduceRequestPartitionData {
+        index: Int32(partition),
+        records: EncodedRecords(batch.bytes.clone()),
     };
 
     ProduceRequest {

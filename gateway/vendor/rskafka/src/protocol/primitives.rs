@@ -850,6 +850,23 @@ where
     }
 }
 
+/// Record batches already encoded (see [`Records`]), written as they are: a produce request
+/// sent again carries the same bytes without encoding (and compressing) its records again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRecords(pub bytes::Bytes);
+
+impl<W> WriteType<W> for EncodedRecords
+where
+    W: Write,
+{
+    fn write(&self, writer: &mut W) -> Result<(), WriteError> {
+        let l = i32::try_from(self.0.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+        Int32(l).write(writer)?;
+        writer.write_all(&self.0)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;

@@ -432,10 +432,6 @@ where
     W: Write,
 {
     fn write(&self, writer: &mut W) -> Result<(), WriteError> {
-        // ==========================================================================================
-        // ======================================== CRC data ========================================
-        // collect everything that should be part of the CRC calculation
-        let mut data = vec![];
         let body_ref = RecordBatchBodyRef {
             last_offset_delta: self.last_offset_delta,
             first_timestamp: self.first_timestamp,
@@ -443,54 +439,76 @@ where
             producer_id: self.producer_id,
             producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
-            records: &self.records,
+            records: RecordsRef::Protocol(&self.records),
             compression: self.compression,
             is_transactional: self.is_transactional,
             timestamp_type: self.timestamp_type,
         };
-        body_ref.write(&mut data)?;
-
-        // ==========================================================================================
-        // ==========================================================================================
-
-        // baseOffset
-        Int64(self.base_offset).write(writer)?;
-
-        // batchLength
-        //
-        // Contains all fields AFTER the length field (so excluding `baseOffset` and `batchLength`, but including
-        // `partitionLeaderEpoch`, `magic`, and `crc).
-        //
-        // See
-        // https://github.com/kafka-rust/kafka-rust/blob/657202832806cda77d0a1801d618dc6c382b4d79/src/protocol/produce.rs#L224-L226
-        let l = i32::try_from(
-            data.len()
-            + 4 // partitionLeaderEpoch
-            + 1 // magic
-            + 4, // crc
+        write_record_batch(
+            writer,
+            self.base_offset,
+            self.partition_leader_epoch,
+            &body_ref,
         )
-        .map_err(|e| WriteError::Malformed(Box::new(e)))?;
-        Int32(l).write(writer)?;
-
-        // partitionLeaderEpoch
-        Int32(self.partition_leader_epoch).write(writer)?;
-
-        // magic
-        Int8(2).write(writer)?;
-
-        // crc
-        // See
-        // https://github.com/kafka-rust/kafka-rust/blob/a551b6231a7adc9b715552b635a69ac2856ec8a1/src/protocol/mod.rs#L161-L163
-        // WARNING: the range in the code linked above is correct but the polynomial is wrong!
-        let crc = crc32c::crc32c(&data);
-        let crc = i32::from_be_bytes(crc.to_be_bytes());
-        Int32(crc).write(writer)?;
-
-        // the actual CRC-checked data
-        writer.write_all(&data)?;
-
-        Ok(())
     }
+}
+
+/// Writes a record batch: header, CRC and `body`.
+pub(crate) fn write_record_batch<W>(
+    writer: &mut W,
+    base_offset: i64,
+    partition_leader_epoch: i32,
+    body: &RecordBatchBodyRef<'_>,
+) -> Result<(), WriteError>
+where
+    W: Write,
+{
+    // ==========================================================================================
+    // ======================================== CRC data ========================================
+    // collect everything that should be part of the CRC calculation
+    let mut data = vec![];
+    body.write(&mut data)?;
+
+    // ==========================================================================================
+    // ==========================================================================================
+
+    // baseOffset
+    Int64(base_offset).write(writer)?;
+
+    // batchLength
+    //
+    // Contains all fields AFTER the length field (so excluding `baseOffset` and `batchLength`, but including
+    // `partitionLeaderEpoch`, `magic`, and `crc).
+    //
+    // See
+    // https://github.com/kafka-rust/kafka-rust/blob/657202832806cda77d0a1801d618dc6c382b4d79/src/protocol/produce.rs#L224-L226
+    let l = i32::try_from(
+        data.len()
+        + 4 // partitionLeaderEpoch
+        + 1 // magic
+        + 4, // crc
+    )
+    .map_err(|e| WriteError::Malformed(Box::new(e)))?;
+    Int32(l).write(writer)?;
+
+    // partitionLeaderEpoch
+    Int32(partition_leader_epoch).write(writer)?;
+
+    // magic
+    Int8(2).write(writer)?;
+
+    // crc
+    // See
+    // https://github.com/kafka-rust/kafka-rust/blob/a551b6231a7adc9b715552b635a69ac2856ec8a1/src/protocol/mod.rs#L161-L163
+    // WARNING: the range in the code linked above is correct but the polynomial is wrong!
+    let crc = crc32c::crc32c(&data);
+    let crc = i32::from_be_bytes(crc.to_be_bytes());
+    Int32(crc).write(writer)?;
+
+    // the actual CRC-checked data
+    writer.write_all(&data)?;
+
+    Ok(())
 }
 
 /// Inner part of a [`RecordBatch`] that is protected by a header containing its length and a CRC checksum.
@@ -727,7 +745,7 @@ where
             producer_id: self.producer_id,
             producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
-            records: &self.records,
+            records: RecordsRef::Protocol(&self.records),
             compression: self.compression,
             is_transactional: self.is_transactional,
             timestamp_type: self.timestamp_type,
@@ -740,29 +758,103 @@ where
 ///
 /// This only supports writing.
 #[derive(Debug)]
-struct RecordBatchBodyRef<'a> {
+pub(crate) struct RecordBatchBodyRef<'a> {
     pub last_offset_delta: i32,
     pub first_timestamp: i64,
     pub max_timestamp: i64,
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
-    pub records: &'a ControlBatchOrRecords,
+    pub records: RecordsRef<'a>,
     pub compression: RecordBatchCompression,
     pub is_transactional: bool,
     pub timestamp_type: RecordBatchTimestampType,
 }
 
+/// The records of a batch being written: protocol records, or the client's own
+/// [`crate::record::Record`]s, encoded without copying them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RecordsRef<'a> {
+    Protocol(&'a ControlBatchOrRecords),
+    /// Timestamps are written relative to `first_timestamp` (milliseconds).
+    Client {
+        records: &'a [&'a crate::record::Record],
+        first_timestamp: i64,
+    },
+}
+
+/// Writes a client record like [`Record::write`] (the body goes through `scratch` first, for its
+/// length prefix).
+fn write_client_record<W>(
+    writer: &mut W,
+    record: &crate::record::Record,
+    timestamp_delta: i64,
+    offset_delta: i32,
+    scratch: &mut Vec<u8>,
+) -> Result<(), WriteError>
+where
+    W: Write,
+{
+    fn bytes(data: &mut Vec<u8>, b: Option<&[u8]>) -> Result<(), WriteError> {
+        match b {
+            Some(b) => {
+                let l = i32::try_from(b.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+                Varint(l).write(data)?;
+                data.write_all(b)?;
+            }
+            None => Varint(-1).write(data)?,
+        }
+        Ok(())
+    }
+    scratch.clear();
+    Int8(0).write(scratch)?;
+    Varlong(timestamp_delta).write(scratch)?;
+    Varint(offset_delta).write(scratch)?;
+    bytes(scratch, record.key.as_deref())?;
+    bytes(scratch, record.value.as_deref())?;
+    let l = i32::try_from(record.headers.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+    Varint(l).write(scratch)?;
+    for (key, value) in &record.headers {
+        bytes(scratch, Some(key.as_bytes()))?;
+        bytes(scratch, Some(value))?;
+    }
+    let l = i32::try_from(scratch.len()).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+    Varint(l).write(writer)?;
+    writer.write_all(scratch)?;
+    Ok(())
+}
+
 impl RecordBatchBodyRef<'_> {
-    fn write_records<W>(writer: &mut W, records: &ControlBatchOrRecords) -> Result<(), WriteError>
+    fn write_records<W>(writer: &mut W, records: RecordsRef<'_>) -> Result<(), WriteError>
     where
         W: Write,
     {
         match records {
-            ControlBatchOrRecords::ControlBatch(control_batch) => control_batch.write(writer),
-            ControlBatchOrRecords::Records(records) => {
+            RecordsRef::Protocol(ControlBatchOrRecords::ControlBatch(control_batch)) => {
+                control_batch.write(writer)
+            }
+            RecordsRef::Protocol(ControlBatchOrRecords::Records(records)) => {
                 for record in records {
                     record.write(writer)?;
+                }
+                Ok(())
+            }
+            RecordsRef::Client {
+                records,
+                first_timestamp,
+            } => {
+                let mut scratch = Vec::new();
+                for (i, record) in records.iter().enumerate() {
+                    let offset_delta =
+                        i32::try_from(i).map_err(|e| WriteError::Malformed(Box::new(e)))?;
+                    let timestamp_delta = record.timestamp.timestamp_millis() - first_timestamp;
+                    write_client_record(
+                        writer,
+                        record,
+                        timestamp_delta,
+                        offset_delta,
+                        &mut scratch,
+                    )?;
                 }
                 Ok(())
             }
@@ -792,7 +884,10 @@ where
         if self.is_transactional {
             attributes |= 1 << 4;
         }
-        if matches!(self.records, ControlBatchOrRecords::ControlBatch(_)) {
+        if matches!(
+            self.records,
+            RecordsRef::Protocol(ControlBatchOrRecords::ControlBatch(_))
+        ) {
             attributes |= 1 << 5;
         }
         Int16(attributes).write(writer)?;
@@ -816,9 +911,10 @@ where
         Int32(self.base_sequence).write(writer)?;
 
         // records
-        let n_records = match &self.records {
-            ControlBatchOrRecords::ControlBatch(_) => 1,
-            ControlBatchOrRecords::Records(records) => records.len(),
+        let n_records = match self.records {
+            RecordsRef::Protocol(ControlBatchOrRecords::ControlBatch(_)) => 1,
+            RecordsRef::Protocol(ControlBatchOrRecords::Records(records)) => records.len(),
+            RecordsRef::Client { records, .. } => records.len(),
         };
         Int32(i32::try_from(n_records)?).write(writer)?;
         match self.compression {

@@ -5,7 +5,7 @@ use crate::protocol::{
     api_version::{ApiVersion, ApiVersionRange},
     error::Error,
     messages::{read_versioned_array, write_versioned_array},
-    primitives::{Int16, Int32, Int64, NullableString, Records, String_},
+    primitives::{EncodedRecords, Int16, Int32, Int64, NullableString, String_},
     traits::{ReadType, WriteType},
 };
 
@@ -18,8 +18,8 @@ pub struct ProduceRequestPartitionData {
     /// The partition index.
     pub index: Int32,
 
-    /// The record data to be produced.
-    pub records: Records,
+    /// The record data to be produced, encoded.
+    pub records: EncodedRecords,
 }
 
 impl<W> WriteVersionedType<W> for ProduceRequestPartitionData
