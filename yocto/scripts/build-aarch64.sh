@@ -7,14 +7,15 @@
 #
 # Usage: yocto/scripts/build-aarch64.sh [--src DIR] [--max-bytes N] [--no-install]
 #   --src DIR       workspace to build (default: this checkout)
-#   --max-bytes N   fail if the stripped binary is larger (default 14000000; goal 12 MB: 11,938,424 with fat LTO on 2026-12-07 before the day's other merges, 14,363,256 with thin; main not re-measured yet)
+#   --max-bytes N   fail if the stripped binary is larger (default 13000000; goal 12 MB, not met: 12,397,632
+#                   with fat LTO and zstd-sys at opt-level "s" on 2026-12-07 23:39; BENCHMARKS.md "Binary size")
 # Environment: IRONBRIDGE_AARCH64_TARGET_DIR (default /var/tmp/ironbridge-aarch64).
 # Output: $IRONBRIDGE_AARCH64_TARGET_DIR/ironbridge-aarch64 (stripped) and a line
 #   "aarch64 ironbridge: stripped N bytes (X MiB), unstripped M bytes, built in S s"
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
-max_bytes=14000000
+max_bytes=13000000
 install=1
 while [ $# -gt 0 ]; do
     case $1 in
