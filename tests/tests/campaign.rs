@@ -638,6 +638,15 @@ async fn outage_trials(kinds: Vec<Outage>, min_s: u64, max_s: u64) -> Result<()>
         "{} acknowledged messages lost",
         report.lost
     );
+    // Exactly once across outages (gateway/src/uplink/README.md, "Idempotent producer"): a
+    // request resent after a cut, blackhole, slow link or broker restart is recognised by the
+    // leader (same stamp) or by the partition's tail (new producer identity).
+    ensure!(
+        report.duplicates == 0 && report.modbus_duplicates == 0,
+        "duplicates across outages: {} MQTT, {} Modbus",
+        report.duplicates,
+        report.modbus_duplicates
+    );
     ensure!(
         report.acknowledged == per_topic as usize * 8,
         "not every message was acknowledged: {}",
