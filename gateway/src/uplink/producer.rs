@@ -41,11 +41,11 @@ use rskafka::record::Record;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
-use super::UplinkError;
 use super::config::{SaslMechanism, UplinkConfig};
 use super::resume::{self, Tail};
 use super::route::{Built, Routed, Router};
 use super::status::{UplinkState, UplinkStatus};
+use super::{UplinkError, error_chain};
 use crate::event::Event;
 
 /// A shutdown signal that may be awaited many times.
@@ -130,21 +130,6 @@ impl Failure {
     }
 }
 
-/// The error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(e) = src {
-        let t = e.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = e.source();
-    }
-    s
-}
-
 /// What a produce error means for the records of the request.
 enum ProduceVerdict {
     /// The broker will never take these records as they are (too large, invalid): split the
@@ -160,7 +145,7 @@ enum ProduceVerdict {
 }
 
 fn classify(e: &KafkaError) -> ProduceVerdict {
-    let msg = chain(e);
+    let msg = error_chain(e);
     match e {
         KafkaError::ServerError { protocol_error, .. } => match protocol_error {
             ProtocolError::MessageTooLarge
@@ -907,7 +892,7 @@ impl Uplink {
         let id = timeout(t, s.client.init_producer_id())
             .await
             .map_err(|_| Failure::new(format!("getting a producer id timed out after {t:?}")))?
-            .map_err(|e| Failure::new(format!("getting a producer id: {}", chain(&e))))?;
+            .map_err(|e| Failure::new(format!("getting a producer id: {}", error_chain(&e))))?;
         let reset = std::mem::take(&mut self.identity_refused);
         self.status.producer(id.id, id.epoch, reset);
         info!(
@@ -1090,7 +1075,12 @@ impl Uplink {
         }
         let client = match timeout(t, b.build()).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(Failure::new(format!("connecting to Kafka: {}", chain(&e)))),
+            Ok(Err(e)) => {
+                return Err(Failure::new(format!(
+                    "connecting to Kafka: {}",
+                    error_chain(&e)
+                )));
+            }
             Err(_) => {
                 return Err(Failure::new(format!(
                     "connecting to Kafka timed out after {t:?}"
@@ -1273,7 +1263,7 @@ async fn refresh(s: &mut Session, t: Duration) -> Result<(), Failure> {
     let topics = timeout(t, s.client.list_topics())
         .await
         .map_err(|_| Failure::new(format!("reading Kafka metadata timed out after {t:?}")))?
-        .map_err(|e| Failure::new(format!("reading Kafka metadata: {}", chain(&e))))?;
+        .map_err(|e| Failure::new(format!("reading Kafka metadata: {}", error_chain(&e))))?;
     s.partitions = topics
         .into_iter()
         .filter(|t| !t.partitions.is_empty())
@@ -1474,7 +1464,7 @@ where
                     }
                     Err(e) => {
                         lock().release(&g.topic, g.partition, stamp, chunk.records.len());
-                        rejected = Some((i, format!("encoding the records: {}", chain(&e))));
+                        rejected = Some((i, format!("encoding the records: {}", error_chain(&e))));
                         continue;
                     }
                 }
